@@ -1,0 +1,11 @@
+"""Models; importing this package registers them with detectron2's registries."""
+from .backbone.mit import MixVisionTransformer, build_mit_backbone
+from .heads.segformer_head import SegFormerHead
+from .meta_arch.sliding_window import SlidingWindowSemanticSegmentor
+
+__all__ = [
+    "MixVisionTransformer",
+    "build_mit_backbone",
+    "SegFormerHead",
+    "SlidingWindowSemanticSegmentor",
+]

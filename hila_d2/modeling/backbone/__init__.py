@@ -1,0 +1,1 @@
+"""backbone modules, imported for registration by hila_d2.modeling."""

@@ -1,0 +1,1 @@
+"""heads modules, imported for registration by hila_d2.modeling."""

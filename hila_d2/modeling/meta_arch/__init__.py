@@ -1,0 +1,1 @@
+"""meta_arch modules, imported for registration by hila_d2.modeling."""

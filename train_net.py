@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Train and evaluate hila_d2 models with detectron2.
+
+    python train_net.py --config-file configs/builtin/semantic-segmentation/segformer_mit_b0.yaml
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CONFIG --resume           # continue from the last checkpoint
+    python train_net.py --config-file CONFIG --num-gpus 8       # or --num-machines/--machine-rank/--dist-url
+"""
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    verify_results,
+)
+from detectron2.utils.logger import setup_logger
+
+import hila_d2
+from hila_d2.data.mappers import build_train_mapper
+from hila_d2.solver import build_lr_scheduler, build_optimizer
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's trainer with hila_d2's mapper, optimiser, schedule and evaluators."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Evaluators chosen by the dataset's ``evaluator_type`` metadata."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        metadata = MetadataCatalog.get(dataset_name)
+        evaluator_type = metadata.get("evaluator_type", None)
+        evaluators = []
+        if evaluator_type in ("sem_seg", "cityscapes_sem_seg") or (
+            evaluator_type == "coco_panoptic_seg" and metadata.get("sem_seg_root", None)
+        ):
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        if evaluator_type in ("coco", "coco_panoptic_seg"):
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        if evaluator_type == "coco_panoptic_seg":
+            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        if not evaluators:
+            raise NotImplementedError(
+                f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; train_net.py "
+                "evaluates 'sem_seg', 'coco' and 'coco_panoptic_seg' datasets"
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+
+def setup(args):
+    """Config from defaults + hila_d2 keys + the file + command-line overrides."""
+    cfg = get_cfg()
+    hila_d2.add_hila_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hila_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

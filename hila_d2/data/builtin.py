@@ -146,6 +146,15 @@ def register_all_hila_shapes(root, name_prefix="hila_shapes"):
         stuff_root = os.path.join(base, "panoptic_stuff", split)
         instances_json = os.path.join(base, "annotations", f"instances_{split}.json")
         panoptic_json = os.path.join(base, "annotations", f"panoptic_{split}.json")
+        panoptic_meta = dict(
+            panoptic_root=panoptic_root,
+            image_root=image_root,
+            panoptic_json=panoptic_json,
+            json_file=instances_json,
+            evaluator_type="coco_panoptic_seg",
+            ignore_label=255,
+            **thing_meta,
+        )
 
         _register(
             f"{name}_sem_seg",
@@ -177,15 +186,9 @@ def register_all_hila_shapes(root, name_prefix="hila_shapes"):
             stuff_classes=ALL_CLASSES[:],
             stuff_colors=_ALL_COLORS[:],
             stuff_dataset_id_to_contiguous_id=dict(_STUFF_ID_MAP),
-            panoptic_root=panoptic_root,
-            image_root=image_root,
-            panoptic_json=panoptic_json,
             sem_seg_root=sem_seg_root,
-            json_file=instances_json,
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=255,
             label_divisor=1000,
-            **thing_meta,
+            **panoptic_meta,
         )
         separated = f"{name}_panoptic_separated"
         _register(
@@ -196,14 +199,8 @@ def register_all_hila_shapes(root, name_prefix="hila_shapes"):
             stuff_classes=["things"] + STUFF_CLASSES,
             stuff_colors=_SEPARATED_STUFF_COLORS[:],
             stuff_dataset_id_to_contiguous_id=dict(_SEPARATED_STUFF_ID_MAP),
-            panoptic_root=panoptic_root,
-            image_root=image_root,
-            panoptic_json=panoptic_json,
             sem_seg_root=stuff_root,
-            json_file=instances_json,
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=255,
-            **thing_meta,
+            **panoptic_meta,
         )
     return hila_shapes_dataset_names(name_prefix)
 

@@ -11,7 +11,7 @@ STAMP="$VENV/.hila_d2-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$VENV/bin/python" -c "import hila_d2, detectron2, transformers" 2>/dev/null; then
+   && "$VENV/bin/python" -W ignore -c "import hila_d2, detectron2, transformers" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -27,5 +27,5 @@ site_packages=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_pat
 "$VENV/bin/python" -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
   --target "$site_packages" --upgrade "$detectron2_pin"
 
-"$VENV/bin/python" -c "import hila_d2, detectron2, torch; print('setup: hila_d2 with detectron2', detectron2.__version__, 'torch', torch.__version__)"
+"$VENV/bin/python" -W ignore -c "import hila_d2, detectron2, torch; print('setup: hila_d2 with detectron2', detectron2.__version__, 'torch', torch.__version__)"
 echo "$want" > "$STAMP"

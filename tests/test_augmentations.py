@@ -1,11 +1,10 @@
 """SegFormer training augmentations and the semantic training mapper."""
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
+from project_config import load_config
 
-import hila_d2
 from hila_d2.data.augmentations import PhotometricDistortion, RandomResizeByRatio
 from hila_d2.data.mappers import build_semantic_train_augmentations, build_train_mapper
 
@@ -60,10 +59,7 @@ def test_photometric_hue_shift_rotates_hue():
 
 
 def segformer_cfg():
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file("configs/ade20k/semantic-segmentation/segformer_mit_b0_bs16_160k.yaml")
-    return cfg
+    return load_config("configs/ade20k/semantic-segmentation/segformer_mit_b0_bs16_160k.yaml")
 
 
 def test_ade20k_recipe_order():

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from project_config import REPO, load_config
 
-import hila_d2
 from hila_d2.checkpoint.convert import (
     SUPPORTED_FORMATS,
     check_keys,
@@ -24,7 +23,6 @@ from hila_d2.checkpoint.convert import (
     segformer_shapes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "convert_pretrained.py"
 CONFIG = "configs/ade20k/semantic-segmentation/segformer_mit_{}_bs16_160k.yaml"
 NUM_CLASSES = 7
@@ -61,19 +59,7 @@ HEAD_SPOT_CHECKS = {
 
 def build_segformer(variant: str) -> torch.nn.Module:
     """The project's ADE20K SemanticSegmentor for MiT ``variant`` on CPU, BN, NUM_CLASSES classes."""
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(str(REPO / CONFIG.format(variant.lower())))
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.SEM_SEG_HEAD.NORM",
-            "BN",
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
-            NUM_CLASSES,
-        ]
-    )
+    cfg = load_config(CONFIG.format(variant.lower()), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES)
     return build_model(cfg).eval()
 
 

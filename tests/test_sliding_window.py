@@ -1,11 +1,10 @@
 """Sliding-window inference: tiling, averaging, equivalence with whole-image inference."""
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
+from project_config import load_config
 
-import hila_d2
 from hila_d2.modeling.meta_arch.sliding_window import sliding_window_boxes
 
 
@@ -28,12 +27,8 @@ def test_tiling_covers_the_image_with_in_bounds_windows(size):
 
 
 def build(crop, stride, meta="SlidingWindowSemanticSegmentor"):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file("configs/cityscapes/semantic-segmentation/segformer_mit_b0_bs8_160k.yaml")
+    cfg = load_config("configs/cityscapes/semantic-segmentation/segformer_mit_b0_bs8_160k.yaml")
     cfg.MODEL.META_ARCHITECTURE = meta
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
     cfg.TEST.SLIDING_WINDOW.CROP_SIZE = crop
     cfg.TEST.SLIDING_WINDOW.STRIDE = stride
     cfg.TEST.SLIDING_WINDOW.WINDOWS_PER_BATCH = 2

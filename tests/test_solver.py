@@ -1,22 +1,14 @@
 """Optimiser parameter groups and the warmup + poly LR schedule."""
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from project_config import load_config
 
-import hila_d2
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
 
-def segformer_cfg(**overrides):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file("configs/ade20k/semantic-segmentation/segformer_mit_b0_bs16_160k.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
+def segformer_cfg(*opts):
+    return load_config("configs/ade20k/semantic-segmentation/segformer_mit_b0_bs16_160k.yaml", *opts)
 
 
 def hyperparams_by_name(model, optimizer):
@@ -57,7 +49,7 @@ def test_backbone_no_weight_decay_keywords_are_honoured():
 
 
 def test_warmup_then_poly_schedule():
-    cfg = segformer_cfg(**{"SOLVER.MAX_ITER": 100, "SOLVER.WARMUP_ITERS": 10, "SOLVER.POLY_LR_POWER": 2.0})
+    cfg = segformer_cfg("SOLVER.MAX_ITER", 100, "SOLVER.WARMUP_ITERS", 10, "SOLVER.POLY_LR_POWER", 2.0)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     scheduler = build_lr_scheduler(cfg, optimizer)
@@ -71,6 +63,6 @@ def test_warmup_then_poly_schedule():
 
 
 def test_unknown_optimizer_names_the_key():
-    cfg = segformer_cfg(**{"SOLVER.OPTIMIZER": "LION"})
+    cfg = segformer_cfg("SOLVER.OPTIMIZER", "LION")
     with pytest.raises(ValueError, match=r"SOLVER\.OPTIMIZER.*ADAMW"):
         build_optimizer(cfg, build_model(cfg))

@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 import hila_d2
 from hila_d2.data.mappers import build_train_mapper
+from hila_d2.evaluation import BoundaryFScoreEvaluator
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
 
@@ -32,7 +33,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """Evaluators chosen by the dataset's ``evaluator_type`` metadata."""
+        """Evaluators chosen by the dataset's ``evaluator_type`` metadata (plus the boundary
+        F-score next to SemSegEvaluator when TEST.BOUNDARY_FSCORE.ENABLED)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         metadata = MetadataCatalog.get(dataset_name)
         evaluator_type = metadata.get("evaluator_type", None)
@@ -41,6 +43,14 @@ class Trainer(DefaultTrainer):
             evaluator_type == "coco_panoptic_seg" and metadata.get("sem_seg_root", None)
         ):
             evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            if cfg.TEST.BOUNDARY_FSCORE.ENABLED:
+                evaluators.append(
+                    BoundaryFScoreEvaluator(
+                        dataset_name,
+                        output_dir=output_folder,
+                        tolerance=cfg.TEST.BOUNDARY_FSCORE.TOLERANCE,
+                    )
+                )
         if evaluator_type in ("coco", "coco_panoptic_seg"):
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         if evaluator_type == "coco_panoptic_seg":

@@ -4,6 +4,7 @@
 detectron2's registries; ``hila_d2.add_hila_config(cfg)`` adds the project's config keys.
 """
 from . import data  # noqa: F401  (registers datasets)
+from . import evaluation  # noqa: F401  (BoundaryFScoreEvaluator)
 from . import modeling  # noqa: F401  (registers backbones, heads, meta-architectures)
 from .config import add_hila_config
 

@@ -14,6 +14,46 @@ def add_hila_config(cfg: CN) -> CN:
     cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Stochastic depth rate of the last block, linear from 0 over all blocks (SegFormer: 0.1).
     cfg.MODEL.MIT.DROP_PATH_RATE = 0.1
+    # Blocks per stage, overriding the variant's; [] keeps them (HILA's "B2" uses [2, 2, 6, 2]).
+    cfg.MODEL.MIT.DEPTHS = []
+
+    # ---- Swin Transformer encoder: MODEL.BACKBONE.NAME "build_swin_backbone"
+    cfg.MODEL.SWIN = CN()
+    # Variant "T", "S", "B" or "L": sets embed dim, depths and heads
+    # (hila_d2.modeling.backbone.swin.SWIN_VARIANTS).
+    cfg.MODEL.SWIN.VARIANT = "T"
+    # Attention window (tokens per side); 7 for the ImageNet-224 checkpoints, 12 for the 384 ones.
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    # Stochastic depth rate of the last block, linear from 0 over all blocks (Swin-T seg: 0.3).
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    # Stage outputs to return, a subset of res2..res5 (strides 4, 8, 16, 32).
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    # ---- HILA, hierarchical inter-level attention (hila_d2.modeling.hila), for MiT and Swin
+    cfg.MODEL.HILA = CN()
+    # Upper stage (2..4) of each inter-level pair: [3] is the paper's S3 (stages 2 and 3),
+    # [2, 3, 4] its S234. [] switches HILA off: the encoder is then exactly the plain encoder.
+    cfg.MODEL.HILA.STAGES = []
+    # Entry t-1 is the stride s of the pair whose upper stage is t: Bottom-Up runs before upper
+    # blocks j with j % s == 0, Top-Down after blocks j < N-1 with (j-1) % s == 0, so a stage of
+    # N blocks gets ceil(N/s) Bottom-Up and about (N-1)/s Top-Down iterations.
+    cfg.MODEL.HILA.STRIDES = [1, 1, 1, 1]
+    # Hidden ratio of the Mix-FFNs inside the HILA blocks (MiT configs 4, Swin 2).
+    cfg.MODEL.HILA.MLP_RATIO = 4.0
+    # MLP ratio of the extra lower-level self-attention block (4 for MiT; Swin: 2 as built by the
+    # official config, 4 when it is initialised from the lower stage's last block).
+    cfg.MODEL.HILA.BOTTOM_MLP_RATIO = 4.0
+    # Heads of the inter-level attention (1 in every paper config).
+    cfg.MODEL.HILA.NUM_HEADS = 1
+    # (w0, w1) of the HILA FFN step x <- w0 * x + w1 * FFN(x); the paper configs use (0.5, 0.5).
+    cfg.MODEL.HILA.INFO_WEIGHTS = (0.5, 0.5)
+    # True: the official semantics, for converted checkpoints (Bottom-Up scale from the upper
+    # width, zero padding children attended to, Swin's repeated lower norm). False: the clean
+    # variant (padding masked, scale from the attention width, lower norm applied once).
+    cfg.MODEL.HILA.PARITY_MODE = True
+    # "No HILA pretraining": when MODEL.WEIGHTS lacks a pair's extra lower-level block, copy it
+    # from the last block of the lower stage after loading (in place, so the optimiser trains it).
+    cfg.MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE = False
 
     # ---- SegFormer All-MLP decode head: MODEL.SEM_SEG_HEAD.NAME "SegFormerHead"
     # (reuses detectron2's IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, NORM, LOSS_WEIGHT)
@@ -21,6 +61,21 @@ def add_hila_config(cfg: CN) -> CN:
     cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 256
     # Dropout before the classifier (SegFormer: 0.1).
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+
+    # ---- UperNet decode head: MODEL.SEM_SEG_HEAD.NAME "UPerNetHead" (also uses DROPOUT, NORM)
+    cfg.MODEL.SEM_SEG_HEAD.UPERNET = CN()
+    # Width of the PPM, lateral, FPN and fuse convolutions (mmseg: 512).
+    cfg.MODEL.SEM_SEG_HEAD.UPERNET.CHANNELS = 512
+    # Output sizes of the pyramid pooling module on the coarsest level.
+    cfg.MODEL.SEM_SEG_HEAD.UPERNET.POOL_SCALES = (1, 2, 3, 6)
+    # Auxiliary FCN head (training only): one 3x3 conv + norm + ReLU, dropout, 1x1 classifier.
+    cfg.MODEL.SEM_SEG_HEAD.AUX = CN()
+    # Its loss weight; 0 builds no auxiliary head (Swin/HILA recipe: 0.4).
+    cfg.MODEL.SEM_SEG_HEAD.AUX.LOSS_WEIGHT = 0.0
+    # The feature it reads (Swin/HILA recipe: stage 3, "res4").
+    cfg.MODEL.SEM_SEG_HEAD.AUX.IN_FEATURE = "res4"
+    # Width of its conv (mmseg: 256).
+    cfg.MODEL.SEM_SEG_HEAD.AUX.CHANNELS = 256
 
     # ---- Sliding-window inference: META_ARCHITECTURE "SlidingWindowSemanticSegmentor"
     cfg.TEST.SLIDING_WINDOW = CN()
@@ -30,6 +85,14 @@ def add_hila_config(cfg: CN) -> CN:
     cfg.TEST.SLIDING_WINDOW.STRIDE = (768, 768)
     # Windows run through the network together (memory vs. speed).
     cfg.TEST.SLIDING_WINDOW.WINDOWS_PER_BATCH = 1
+
+    # ---- Boundary F-score (hila_d2.evaluation.BoundaryFScoreEvaluator), next to SemSegEvaluator
+    cfg.TEST.BOUNDARY_FSCORE = CN()
+    # Also evaluate the per-class boundary F-score of semantic predictions.
+    cfg.TEST.BOUNDARY_FSCORE.ENABLED = False
+    # Match tolerance in pixels; 0 = ceil(0.00088 * image diagonal) (3 px at 1024x2048), the
+    # HILA paper's Cityscapes rule; ADE20K uses a fixed 3.
+    cfg.TEST.BOUNDARY_FSCORE.TOLERANCE = 0
 
     # ---- Semantic-segmentation training augmentation (mapper "segformer_semantic")
     # "segformer_semantic": the SegFormer recipe below; "" uses detectron2's DatasetMapper defaults.

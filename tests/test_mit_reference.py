@@ -20,7 +20,7 @@ from hila_d2.checkpoint.convert import convert_segformer
 from hila_d2.modeling.backbone.mit import (
     MIT_NUM_HEADS,
     MIT_SR_RATIOS,
-    MIT_STAGE_NAMES,
+    STAGE_NAMES,
     MIT_VARIANTS,
     MixVisionTransformer,
 )
@@ -136,8 +136,8 @@ def test_mit_matches_hf_segformer(variant):
         with torch.no_grad():
             reference = hf(x, output_hidden_states=True).hidden_states
             outputs = ours(x)
-        assert len(reference) == len(MIT_STAGE_NAMES)
-        for name, expected in zip(MIT_STAGE_NAMES, reference):
+        assert len(reference) == len(STAGE_NAMES)
+        for name, expected in zip(STAGE_NAMES, reference):
             assert expected.dim() == 4  # NCHW, the last stage included
             torch.testing.assert_close(outputs[name], expected, atol=1e-4, rtol=0)
 

@@ -3,9 +3,13 @@
 detectron2 checkpoint of a hila_d2 model, for ``MODEL.WEIGHTS``:
 
     python tools/convert_pretrained.py mit_b0.pth output/mit_b0.pkl
+    python tools/convert_pretrained.py swin_base_patch4_window12_384.pth swin.pkl --window-size 12
+    python tools/convert_pretrained.py B1_S234.pth output/hila_b1_s234.pkl
 
 DST ending in ``.pkl`` gets detectron2's model-zoo layout (numpy arrays, no name-matching
-heuristics); ``.pth`` gets ``{"model": tensors}``. Exits non-zero on unreadable or unknown files.
+heuristics); ``.pth`` gets ``{"model": tensors}``. It prints the config keys that build the model
+the weights fit (``KEY VALUE`` lines for the YAML or the command line). Exits non-zero on
+unreadable or unknown files.
 """
 
 import argparse
@@ -27,6 +31,20 @@ def _print_keys(title: str, keys, note: str = "") -> None:
         print(f"  {key}")
 
 
+# the MODEL.HILA keys that shape no weight, so no checkpoint tells them
+HILA_NOTE = (
+    "note: MODEL.HILA.STRIDES, NUM_HEADS and PARITY_MODE leave no trace in the weights; the paper "
+    'configs use STRIDES [1,1,1,1] (HILA "B2": [1,1,3,1], Swin: [1,1,2,1]), NUM_HEADS 1 and, '
+    "for official checkpoints, PARITY_MODE True"
+)
+
+
+def config_value(value) -> str:
+    """A config value as one command-line token that detectron2 parses back (lists without
+    spaces; strings bare)."""
+    return value if isinstance(value, str) else repr(value).replace(" ", "")
+
+
 def write_checkpoint(result: ConversionResult, dst: str) -> None:
     """Write ``result.model`` to ``dst`` (.pkl: detectron2 model-zoo dict; .pth: torch.save)."""
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
@@ -46,6 +64,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="official checkpoint (.pth), e.g. mit_b0.pth")
     parser.add_argument("dst", help="output detectron2 checkpoint, ending in .pkl or .pth")
+    parser.add_argument(
+        "--window-size",
+        type=int,
+        help="Swin only: the model's MODEL.SWIN.WINDOW_SIZE (default 7); relative position "
+        "tables of another window are resized bicubically",
+    )
     args = parser.parse_args(argv)
     if not args.dst.endswith((".pkl", ".pth")):
         parser.error(f"DST must end in .pkl or .pth, got {args.dst!r}")
@@ -55,7 +79,7 @@ def main(argv=None) -> None:
     except Exception as e:  # missing, truncated or not a torch file: all mean "cannot read"
         sys.exit(f"error: cannot read {args.src!r} as a torch checkpoint: {type(e).__name__}: {e}")
     try:
-        result = convert_checkpoint(checkpoint)
+        result = convert_checkpoint(checkpoint, window_size=args.window_size)
     except ValueError as e:
         sys.exit(f"error: cannot convert {args.src!r}: {e}")
 
@@ -70,6 +94,13 @@ def main(argv=None) -> None:
         else ""
     )
     _print_keys("missing model keys", result.missing, note)
+    _print_keys(
+        "config",
+        [f"{key} {config_value(value)}" for key, value in result.config.items()],
+        " [KEY VALUE: set these in the YAML or append them to the train_net.py command line]",
+    )
+    if "MODEL.HILA.STAGES" in result.config:
+        print(HILA_NOTE)
     write_checkpoint(result, args.dst)
     print(f"wrote {args.dst}")
 

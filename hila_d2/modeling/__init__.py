@@ -1,11 +1,16 @@
 """Models; importing this package registers them with detectron2's registries."""
 from .backbone.mit import MixVisionTransformer, build_mit_backbone
+from .backbone.swin import SwinTransformerBackbone, build_swin_backbone
 from .heads.segformer_head import SegFormerHead
+from .heads.upernet_head import UPerNetHead
 from .meta_arch.sliding_window import SlidingWindowSemanticSegmentor
 
 __all__ = [
     "MixVisionTransformer",
     "build_mit_backbone",
+    "SwinTransformerBackbone",
+    "build_swin_backbone",
     "SegFormerHead",
+    "UPerNetHead",
     "SlidingWindowSemanticSegmentor",
 ]

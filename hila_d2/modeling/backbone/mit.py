@@ -6,14 +6,26 @@ the same LayerNorm epsilons (1e-6 in blocks and stage norms, 1e-5 in patch embed
 spatial-reduction norms). Parameter names are timm's (``patch_embed``, ``stages.{i}.downsample``,
 ``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); ``hila_d2.checkpoint.convert`` maps official
 SegFormer files onto them.
+
+With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``
+(tag "12", "23", "34"), as in the official HILA-SegFormer: the pair's lower tokens are the lower
+stage's output after its norm, the upper stage's patch embedding reads that output before the
+pair updates it, the extra lower-level block is a MiT block of the lower stage (LayerNorm eps
+1e-5, no drop path), and the updated lower tokens, normalised once by the pair's
+``bottom_norm``, replace the lower stage's output.
 """
-from typing import Dict, Sequence
+from functools import partial
+from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from timm.models.pvt_v2 import PyramidVisionTransformerV2
+from detectron2.modeling import BACKBONE_REGISTRY
+from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
+from torch import nn
+
+from ..hila import HILAPair, HILASettings, install_bottom_block_init, pair_tag
+from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features
 
 __all__ = ["MIT_VARIANTS", "MixVisionTransformer", "build_mit_backbone"]
 
@@ -30,32 +42,39 @@ MIT_VARIANTS: Dict[str, Dict[str, Sequence[int]]] = {
 }
 MIT_NUM_HEADS = (1, 2, 5, 8)
 MIT_SR_RATIOS = (8, 4, 2, 1)
-MIT_STAGE_NAMES = ("res2", "res3", "res4", "res5")
-MIT_STRIDES = (4, 8, 16, 32)
 
 
-def check_out_features(out_features: Sequence[str], key: str) -> None:
-    """Raise a ValueError naming ``key`` if ``out_features`` is empty or has unknown names."""
-    unknown = [f for f in out_features if f not in MIT_STAGE_NAMES]
-    if not out_features or unknown:
-        raise ValueError(
-            f"{key} must be a non-empty subset of {list(MIT_STAGE_NAMES)}, got {list(out_features)}"
-        )
+def _channels_last_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Run a MiT block on channels-last tokens (B, H, W, C) -> (B, H, W, C)."""
+    batch, height, width, channels = x.shape
+    out = block(x.reshape(batch, height * width, channels), (height, width))
+    return out.reshape(batch, height, width, channels)
 
 
-class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
+class MiTLowerBlock(Block):
+    """A MiT block used as a HILA pair's extra lower-level block: ``forward(x (B, H, W, C),
+    use_index)``; every use is the same block."""
+
+    def forward(self, x: torch.Tensor, use_index: int) -> torch.Tensor:
+        return _channels_last_block(super().forward, x)
+
+
+class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
     """MiT encoder returning ``{"res2": (B, C1, ceil(H/4), ceil(W/4)), ..., "res5": (B, C4,
     ceil(H/32), ceil(W/32))}`` for an input ``(B, 3, H, W)`` of any size; each output is the
-    stage's tokens after its LayerNorm, as in SegFormer."""
+    stage's tokens after its LayerNorm, as in SegFormer, or with HILA the pair's updated lower
+    tokens for every stage below a pair."""
 
     @configurable
     def __init__(
         self,
         *,
         variant: str = "B0",
-        out_features: Sequence[str] = MIT_STAGE_NAMES,
+        out_features: Sequence[str] = STAGE_NAMES,
         drop_path_rate: float = 0.1,
         in_chans: int = 3,
+        depths: Optional[Sequence[int]] = None,
+        hila: HILASettings = HILASettings(),
     ):
         """
         Args:
@@ -63,6 +82,8 @@ class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
             out_features: subset of ``res2..res5`` to return.
             drop_path_rate: stochastic depth rate of the last block (linear from 0 over blocks).
             in_chans: input image channels.
+            depths: blocks per stage instead of the variant's (HILA's "B2" is (2, 2, 6, 2)).
+            hila: HILA pairs and options; the default has none.
         """
         if variant not in MIT_VARIANTS:
             raise ValueError(
@@ -71,10 +92,14 @@ class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
             )
         check_out_features(out_features, "MODEL.MIT.OUT_FEATURES")
         spec = MIT_VARIANTS[variant]
+        depths = tuple(depths or spec["depths"])
+        if len(depths) != 4 or min(depths) < 1:
+            raise ValueError(f"MODEL.MIT.DEPTHS needs 4 entries >= 1, got {list(depths)}")
+        hila.check(num_stages=4)
         super().__init__(
             in_chans=in_chans,
             num_classes=0,
-            depths=tuple(spec["depths"]),
+            depths=depths,
             embed_dims=tuple(spec["embed_dims"]),
             num_heads=MIT_NUM_HEADS,
             sr_ratios=MIT_SR_RATIOS,
@@ -84,8 +109,43 @@ class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
         )
         self.variant = variant
         self._out_features = list(out_features)
-        self._out_feature_channels = dict(zip(MIT_STAGE_NAMES, spec["embed_dims"]))
-        self._out_feature_strides = dict(zip(MIT_STAGE_NAMES, MIT_STRIDES))
+        self._out_feature_channels = dict(zip(STAGE_NAMES, spec["embed_dims"]))
+        self.hila = nn.ModuleDict(
+            {pair_tag(top): self._build_hila_pair(top, hila) for top in sorted(hila.stages)}
+        )
+        if hila.init_bottom_from_lower_stage:
+            install_bottom_block_init(
+                self,
+                dict(self.hila.items()),
+                {
+                    pair_tag(top): f"stages.{top - 2}.blocks.{depths[top - 2] - 1}"
+                    for top in hila.stages
+                },
+            )
+
+    def _build_hila_pair(self, top: int, hila: HILASettings) -> HILAPair:
+        """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""
+        lower = top - 2  # 0-based index of the lower stage
+        bottom_dim, top_dim = MIT_VARIANTS[self.variant]["embed_dims"][lower : lower + 2]
+        bottom_block = MiTLowerBlock(
+            dim=bottom_dim,
+            num_heads=MIT_NUM_HEADS[lower],
+            sr_ratio=MIT_SR_RATIOS[lower],
+            mlp_ratio=hila.bottom_mlp_ratio,
+            qkv_bias=True,
+            norm_layer=nn.LayerNorm,  # eps 1e-5, as the official HILA modules
+        )
+        bottom_block.apply(self._init_weights)
+        return HILAPair(
+            bottom_dim,
+            top_dim,
+            bottom_block,
+            stride=hila.strides[top - 1],
+            num_heads=hila.num_heads,
+            mlp_ratio=hila.mlp_ratio,
+            info_weights=hila.info_weights,
+            parity_mode=hila.parity_mode,
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -94,6 +154,8 @@ class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
             "out_features": cfg.MODEL.MIT.OUT_FEATURES,
             "drop_path_rate": cfg.MODEL.MIT.DROP_PATH_RATE,
             "in_chans": input_shape.channels,
+            "depths": cfg.MODEL.MIT.DEPTHS or None,
+            "hila": HILASettings.from_config(cfg),
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -102,26 +164,24 @@ class MixVisionTransformer(PyramidVisionTransformerV2, Backbone):
             raise ValueError(
                 f"MiT expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
             )
-        outputs = {}
-        x = self.patch_embed(x)  # (B, H/4, W/4, C1), the layout stage 0 takes
-        for name, stage in zip(MIT_STAGE_NAMES, self.stages):
-            x = stage(x)  # (B, C, H, W) after the stage norm
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
+        outputs = []  # channels-last (B, H, W, C) stage outputs
+        tokens = self.patch_embed(x)  # (B, H/4, W/4, C1)
+        for index, stage in enumerate(self.stages):
+            if stage.downsample is not None:
+                tokens = stage.downsample(outputs[-1].permute(0, 3, 1, 2).contiguous())
+            blocks = [partial(_channels_last_block, block) for block in stage.blocks]
+            tag = pair_tag(index + 1)
+            if tag in self.hila:
+                tokens, outputs[-1] = self.hila[tag](tokens, outputs[-1], blocks)
+            else:
+                for block in blocks:
+                    tokens = block(tokens)
+            outputs.append(stage.norm(tokens))
         return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name],
-                stride=self._out_feature_strides[name],
-            )
-            for name in self._out_features
+            name: out.permute(0, 3, 1, 2).contiguous()
+            for name, out in zip(STAGE_NAMES, outputs)
+            if name in self._out_features
         }
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
 
     def no_weight_decay_keywords(self) -> set:
         """Local parameter names exempt from weight decay (norms are exempted by type)."""

@@ -1,0 +1,42 @@
+"""What the four-stage hierarchical encoders (MiT, Swin) share as detectron2 backbones: outputs
+``res2..res5`` at strides 4, 8, 16, 32, their ``output_shape`` and ``size_divisibility``."""
+from typing import Dict, Sequence
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+
+__all__ = ["PyramidBackbone", "STAGE_NAMES", "STAGE_STRIDES", "check_out_features"]
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+STAGE_STRIDES = (4, 8, 16, 32)
+
+
+def check_out_features(out_features: Sequence[str], key: str) -> None:
+    """Raise a ValueError naming ``key`` if ``out_features`` is empty or has unknown names."""
+    unknown = [f for f in out_features if f not in STAGE_NAMES]
+    if not out_features or unknown:
+        raise ValueError(
+            f"{key} must be a non-empty subset of {list(STAGE_NAMES)}, got {list(out_features)}"
+        )
+
+
+class PyramidBackbone(Backbone):
+    """A detectron2 ``Backbone`` whose subclass sets ``_out_features`` and the per-stage
+    ``_out_feature_channels`` (name -> C) in its constructor."""
+
+    _out_feature_strides = dict(zip(STAGE_NAMES, STAGE_STRIDES))
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name],
+                stride=self._out_feature_strides[name],
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        """Every input size runs (odd stage grids are padded internally); inputs padded to a
+        multiple of 32 make every stage grid exact, as the official models expect."""
+        return 32

@@ -1,0 +1,528 @@
+"""HILA: Hierarchical Inter-Level Attention (Leung et al., 2022), for any hierarchical encoder.
+
+Two adjacent encoder stages form a pair: the lower ("bottom", children) grid ``(Hb, Wb)`` and the
+upper ("top", parents) grid ``(Ht, Wt)`` with ``Hb <= 2 * Ht <= Hb + 1`` (and the same for widths).
+Parent ``(i, j)`` owns the overlapping 4x4 patch of children at rows ``2i-1 .. 2i+2`` and columns
+``2j-1 .. 2j+2`` (stride 2, one padding child on each border), so a child has 1, 2 or 4 candidate
+parents. A child at row offset ``a`` and column offset ``b`` inside a parent's patch has patch
+index ``p = 4a + b``; a learned bias per ``p`` is added to the attention logits.
+
+* Bottom-Up (``BottomUpAttention``): every parent attends over the 16 children of its patch.
+* Top-Down (``TopDownAttention``): every child attends over its candidate parents; the softmax runs
+  over the parents ("higher levels compete for the child").
+
+``TopDownBlock`` / ``BottomUpBlock`` wrap them as pre-norm residual blocks with a Mix-FFN, and
+``HILAPair`` interleaves them with the upper stage's blocks (plus one extra lower-level block)
+following the official schedule. Tokens are channels-last ``(B, H, W, C)`` throughout.
+
+``parity_mode=True`` reproduces the official code for converted checkpoints: the Bottom-Up scale is
+``(C_top / heads) ** -0.5`` and the zero padding children around (and, for odd lower grids, inside)
+the lower grid take part in the Bottom-Up softmax. ``parity_mode=False`` masks those padding
+children and scales by ``(attn_dim / heads) ** -0.5``. Top-Down never attends to padding. Both
+softmaxes are max-subtracted and computed in float32, also under autocast.
+"""
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from timm.models.pvt_v2 import MlpWithDepthwiseConv
+from torch import nn
+
+__all__ = [
+    "BottomUpAttention",
+    "BottomUpBlock",
+    "HILAPair",
+    "HILASettings",
+    "PATCH_POSITIONS",
+    "TopDownAttention",
+    "TopDownBlock",
+    "attention_weights",
+    "candidate_parents",
+    "hila_schedule",
+    "init_hila_weights",
+    "install_bottom_block_init",
+    "pair_tag",
+]
+
+logger = logging.getLogger(__name__)
+
+PATCH = 4  # children per side of a parent's patch
+PATCH_POSITIONS = PATCH * PATCH
+LAYER_NORM_EPS = 1e-5  # every HILA LayerNorm (the official modules use PyTorch's default)
+
+
+def pair_tag(top_stage: int) -> str:
+    """Official name of the pair whose upper stage is ``top_stage`` (1-based): 3 -> "23"."""
+    return f"{top_stage - 1}{top_stage}"
+
+
+@dataclass(frozen=True)
+class HILASettings:
+    """HILA options of an encoder (the ``MODEL.HILA.*`` keys; see hila_d2/config.py).
+
+    ``stages`` lists the upper stage (1-based, 2..num_stages) of each pair; empty = HILA off.
+    ``strides[t - 1]`` is the schedule stride of the pair whose upper stage is t.
+    """
+
+    stages: Tuple[int, ...] = ()
+    strides: Tuple[int, ...] = (1, 1, 1, 1)
+    mlp_ratio: float = 4.0
+    bottom_mlp_ratio: float = 4.0
+    num_heads: int = 1
+    info_weights: Tuple[float, float] = (0.5, 0.5)
+    parity_mode: bool = True
+    init_bottom_from_lower_stage: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "HILASettings":
+        hila = cfg.MODEL.HILA
+        return cls(
+            stages=tuple(hila.STAGES),
+            strides=tuple(hila.STRIDES),
+            mlp_ratio=hila.MLP_RATIO,
+            bottom_mlp_ratio=hila.BOTTOM_MLP_RATIO,
+            num_heads=hila.NUM_HEADS,
+            info_weights=tuple(hila.INFO_WEIGHTS),
+            parity_mode=hila.PARITY_MODE,
+            init_bottom_from_lower_stage=hila.INIT_BOTTOM_FROM_LOWER_STAGE,
+        )
+
+    def check(self, num_stages: int) -> None:
+        """ValueError naming the MODEL.HILA key that does not fit an encoder of ``num_stages``."""
+        if any(t not in range(2, num_stages + 1) for t in self.stages) or len(
+            set(self.stages)
+        ) != len(self.stages):
+            raise ValueError(
+                f"MODEL.HILA.STAGES lists distinct upper stages in 2..{num_stages} (e.g. [3] or "
+                f"[2, 3, 4]), got {list(self.stages)}"
+            )
+        if len(self.strides) != num_stages or any(s < 1 for s in self.strides):
+            raise ValueError(
+                f"MODEL.HILA.STRIDES needs {num_stages} entries >= 1, got {list(self.strides)}"
+            )
+        if len(self.info_weights) != 2:
+            raise ValueError(
+                f"MODEL.HILA.INFO_WEIGHTS is a pair (w0, w1), got {list(self.info_weights)}"
+            )
+
+
+def hila_schedule(depth: int, stride: int) -> List[Tuple[bool, bool]]:
+    """Per upper-stage block j: (Bottom-Up before it, Top-Down + lower block after it).
+
+    Bottom-Up runs when ``j % stride == 0``; Top-Down when ``j != depth - 1`` and
+    ``(j - 1) % stride == 0`` (Python modulo). Stride 1 gives ``depth`` Bottom-Up and
+    ``depth - 1`` Top-Down iterations.
+    """
+    if stride < 1:
+        raise ValueError(f"HILA stride must be >= 1 (MODEL.HILA.STRIDES), got {stride}")
+    return [(j % stride == 0, j != depth - 1 and (j - 1) % stride == 0) for j in range(depth)]
+
+
+def init_hila_weights(module: nn.Module) -> None:
+    """The official initialisation: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0),
+    Conv2d normal(0, sqrt(2 / fan_out)) with ``fan_out = k*k*out/groups`` and zero bias."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / (fan_out // module.groups)))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _check_grids(top: torch.Tensor, bottom: torch.Tensor) -> None:
+    """ValueError unless the lower grid (B, Hb, Wb, .) is twice the upper (B, Ht, Wt, .), up to
+    the one row/column that an odd lower size loses in the stride-2 downsampling."""
+    (ht, wt), (hb, wb) = top.shape[1:3], bottom.shape[1:3]
+    if not (hb <= 2 * ht <= hb + 1 and wb <= 2 * wt <= wb + 1):
+        raise ValueError(
+            f"HILA pairs a lower grid with an upper grid of half its size (ceil), got lower "
+            f"{hb}x{wb} and upper {ht}x{wt}; the pair must be two adjacent stride-2 stages"
+        )
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad channels-last (B, H, W, C) at the bottom/right to (B, height, width, C)."""
+    return F.pad(x, (0, 0, 0, width - x.shape[2], 0, height - x.shape[1]))
+
+
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(scale * q @ k + bias)`` over the last axis: (..., m, d) @ (..., d, n) -> (..., m, n).
+
+    Computed in float32 even under autocast, and max-subtracted (the official code's plain exp
+    overflows for logits > 88); ``bias`` broadcasts and may hold -inf for masked keys.
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = (q.float() * scale) @ k.float() + bias.float()
+        return torch.softmax(logits, dim=-1)
+
+
+class _InterLevelAttention(nn.Module):
+    """Parameters shared by both directions, in the official names.
+
+    ``q``: query_dim -> attn_dim, ``kv``: key_dim -> 2 * attn_dim (keys, then values),
+    ``proj``: attn_dim -> query_dim, and two (16,) tensors whose sum is the per-patch-position
+    logit bias (both exist so that official checkpoints load).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        attn_dim: int,
+        num_heads: int,
+        scale_dim: int,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if attn_dim % num_heads:
+            raise ValueError(
+                f"HILA attention width {attn_dim} is not divisible by {num_heads} heads "
+                "(MODEL.HILA.NUM_HEADS)"
+            )
+        self.num_heads = num_heads
+        self.attn_dim = attn_dim
+        self.scale = (scale_dim / num_heads) ** -0.5
+        self.q = nn.Linear(query_dim, attn_dim, bias=qkv_bias)
+        self.kv = nn.Linear(key_dim, 2 * attn_dim, bias=qkv_bias)
+        self.proj = nn.Linear(attn_dim, query_dim)
+        self.relative_position_init = nn.Parameter(torch.zeros(PATCH_POSITIONS))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(PATCH_POSITIONS))
+
+    def position_bias(self) -> torch.Tensor:
+        """(16,) logit bias per patch position p = 4a + b."""
+        return self.relative_position_init + self.relative_position_bias_table
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., attn_dim) -> (..., heads, attn_dim / heads)."""
+        return x.unflatten(-1, (self.num_heads, self.attn_dim // self.num_heads))
+
+
+class BottomUpAttention(_InterLevelAttention):
+    """Parents attend over the 16 children of their 4x4 patch (softmax over children).
+
+    ``forward(top (B, Ht, Wt, Ct), bottom (B, 2Ht, 2Wt, Cb), bottom_valid (2Ht, 2Wt) bool)``
+    -> (B, Ht, Wt, Ct). Both inputs are already normalised; ``bottom`` is zero where
+    ``bottom_valid`` is False (odd lower grids). With ``mask_padding`` the border padding and the
+    invalid children are excluded from the softmax; without it (the official semantics) they are
+    zero vectors whose keys and values are the ``kv`` bias.
+    """
+
+    def __init__(self, *args, mask_padding: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_padding = mask_padding
+
+    def forward(
+        self, top: torch.Tensor, bottom: torch.Tensor, bottom_valid: torch.Tensor
+    ) -> torch.Tensor:
+        batch, ht, wt, _ = top.shape
+        q = self._heads(self.q(top)).unsqueeze(-2)  # (B, Ht, Wt, h, 1, d)
+        # kv(child) = W child + bias; padding children are zero, so unfolding W·child with zero
+        # padding and adding the bias afterwards equals kv() of the zero-padded patch.
+        kv = F.linear(bottom, self.kv.weight).permute(0, 3, 1, 2)  # (B, 2A, 2Ht, 2Wt)
+        kv = F.unfold(kv, kernel_size=PATCH, stride=2, padding=1)  # (B, 2A*16, Ht*Wt)
+        kv = kv.view(batch, 2 * self.attn_dim, PATCH_POSITIONS, ht, wt).permute(0, 3, 4, 2, 1)
+        if self.kv.bias is not None:
+            kv = kv + self.kv.bias
+        k, v = (self._heads(t).transpose(-3, -2) for t in kv.chunk(2, dim=-1))  # (B,Ht,Wt,h,16,d)
+        bias = self.position_bias().float()
+        if self.mask_padding:
+            valid = F.unfold(
+                bottom_valid[None, None].float(), kernel_size=PATCH, stride=2, padding=1
+            )  # (1, 16, Ht*Wt)
+            valid = valid.view(PATCH_POSITIONS, ht, wt).permute(1, 2, 0)[:, :, None, None, :]
+            bias = bias.masked_fill(valid == 0, float("-inf"))
+        weights = attention_weights(q, k.transpose(-1, -2), self.scale, bias)  # (B,Ht,Wt,h,1,16)
+        out = (weights.to(v.dtype) @ v).squeeze(-2).flatten(-2)  # (B, Ht, Wt, A)
+        return self.proj(out)
+
+
+def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.Tensor, ...]:
+    """For each child index along one axis, its 2 candidate parent indices (clamped into range),
+    their patch offsets (0..3) and whether they exist: three (children, 2) tensors."""
+    child = torch.arange(children, device=device)[:, None]
+    parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
+    offset = child - (2 * parent - 1)
+    exists = (parent >= 0) & (parent < parents)
+    return parent.clamp(0, parents - 1), offset, exists
+
+
+class TopDownAttention(_InterLevelAttention):
+    """Children attend over their 1, 2 or 4 candidate parents (softmax over the parents).
+
+    ``forward(top (B, Ht, Wt, Ct), bottom (B, Hc, Wc, Cb))`` with ``Hc = 2Ht``, ``Wc = 2Wt``
+    -> (B, Hc, Wc, Cb). Both inputs are already normalised. The candidates of child (r, c) are
+    ordered (row 0, col 0), (row 0, col 1), (row 1, col 0), (row 1, col 1) of
+    ``candidate_parents``.
+    """
+
+    def _candidates(self, top: torch.Tensor, children: Tuple[int, int]):
+        """Keys and values of every child's 4 candidates, each (B, Hc, Wc, 4, h, d), and the
+        (Hc, Wc, 4) logit bias: the position bias, -inf for candidates outside the grid."""
+        (ht, wt), (hc, wc) = top.shape[1:3], children
+        rows, row_offsets, row_exists = candidate_parents(hc, ht, top.device)
+        cols, col_offsets, col_exists = candidate_parents(wc, wt, top.device)
+        index = (rows[:, None, :, None], cols[None, :, None, :])
+        k, v = (
+            self._heads(t)[:, index[0], index[1]].flatten(3, 4)
+            for t in self.kv(top).chunk(2, dim=-1)
+        )
+        positions = PATCH * row_offsets[:, None, :, None] + col_offsets[None, :, None, :]
+        exists = row_exists[:, None, :, None] & col_exists[None, :, None, :]
+        bias = self.position_bias().float()[positions.flatten(2)]
+        return k, v, bias.masked_fill(~exists.flatten(2), float("-inf"))
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """q (B, Hc, Wc, h, 1, d), k (B, Hc, Wc, 4, h, d) -> (B, Hc, Wc, h, 1, 4) float32."""
+        return attention_weights(q, k.permute(0, 1, 2, 4, 5, 3), self.scale, bias[:, :, None, None])
+
+    def assignment(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """How much each child is assigned to each of its candidate parents: (B, Hc, Wc, h, 4),
+        summing to 1 over the last axis (0 for candidates outside the grid)."""
+        k, _, bias = self._candidates(top, bottom.shape[1:3])
+        q = self._heads(self.q(bottom)).unsqueeze(-2)
+        return self._weights(q, k, bias).squeeze(-2)
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        k, v, bias = self._candidates(top, bottom.shape[1:3])
+        q = self._heads(self.q(bottom)).unsqueeze(-2)  # (B, Hc, Wc, h, 1, d)
+        weights = self._weights(q, k, bias).to(v.dtype)
+        out = (weights @ v.transpose(3, 4)).squeeze(-2).flatten(-2)  # (B, Hc, Wc, A)
+        return self.proj(out)
+
+
+class _MixFFN(MlpWithDepthwiseConv):
+    """MiT's Mix-FFN on channels-last tokens: (B, H, W, C) -> (B, H, W, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        out = super().forward(x.reshape(batch, height * width, channels), (height, width))
+        return out.reshape(batch, height, width, -1)
+
+
+def _drop_path(rate: float) -> nn.Module:
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class TopDownBlock(nn.Module):
+    """Updates the children from their parents (official ``TopDownAttn``; returns the children):
+
+    ``b1 = b + DP(TD(norm2(t), norm1(b)))``; ``b2 = w0 * b1 + w1 * DP(bottom_mlp(norm3(b1)))``.
+    """
+
+    def __init__(
+        self,
+        bottom_dim: int,
+        top_dim: int,
+        *,
+        num_heads: int,
+        mlp_ratio: float,
+        info_weights: Sequence[float],
+        drop_path: float,
+        parity_mode: bool,
+    ):
+        super().__init__()
+        attn_dim = min(bottom_dim, top_dim)
+        self.info_weights = tuple(float(w) for w in info_weights)
+        self.norm1 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
+        self.norm3 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
+        self.topdown_attn = TopDownAttention(
+            bottom_dim, top_dim, attn_dim, num_heads,
+            scale_dim=bottom_dim if parity_mode else attn_dim,
+        )
+        self.bottom_mlp = _MixFFN(bottom_dim, int(bottom_dim * mlp_ratio))
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated bottom (B, Hb, Wb, Cb)."""
+        _check_grids(top, bottom)
+        hb, wb = bottom.shape[1:3]
+        padded = _pad_to(self.norm1(bottom), 2 * top.shape[1], 2 * top.shape[2])
+        update = self.topdown_attn(self.norm2(top), padded)[:, :hb, :wb]
+        bottom = bottom + self.drop_path(update)
+        w0, w1 = self.info_weights
+        return w0 * bottom + w1 * self.drop_path(self.bottom_mlp(self.norm3(bottom)))
+
+
+class BottomUpBlock(nn.Module):
+    """Updates the parents from their children (official ``BottomUpAttn``; returns the parents):
+
+    ``t1 = t + DP(BU(norm4(t), norm5(b)))``; ``t2 = w0 * t1 + w1 * DP(top_mlp(norm6(t1)))``.
+    """
+
+    def __init__(
+        self,
+        bottom_dim: int,
+        top_dim: int,
+        *,
+        num_heads: int,
+        mlp_ratio: float,
+        info_weights: Sequence[float],
+        drop_path: float,
+        parity_mode: bool,
+    ):
+        super().__init__()
+        attn_dim = min(bottom_dim, top_dim)
+        self.info_weights = tuple(float(w) for w in info_weights)
+        self.norm4 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
+        self.norm5 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
+        self.norm6 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
+        self.bottomup_attn = BottomUpAttention(
+            top_dim, bottom_dim, attn_dim, num_heads,
+            scale_dim=top_dim if parity_mode else attn_dim,
+            mask_padding=not parity_mode,
+        )
+        self.top_mlp = _MixFFN(top_dim, int(top_dim * mlp_ratio))
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated top (B, Ht, Wt, Ct)."""
+        _check_grids(top, bottom)
+        ht, wt = top.shape[1:3]
+        hb, wb = bottom.shape[1:3]
+        padded = _pad_to(self.norm5(bottom), 2 * ht, 2 * wt)
+        valid = torch.zeros(2 * ht, 2 * wt, dtype=torch.bool, device=bottom.device)
+        valid[:hb, :wb] = True
+        top = top + self.drop_path(self.bottomup_attn(self.norm4(top), padded, valid))
+        w0, w1 = self.info_weights
+        return w0 * top + w1 * self.drop_path(self.top_mlp(self.norm6(top)))
+
+
+class HILAPair(nn.Module):
+    """The HILA modules of one (lower, upper) stage pair and their schedule.
+
+    ``bottom_block`` is the extra lower-level self-attention block supplied by the encoder, called
+    as ``bottom_block(x (B, Hb, Wb, Cb), use_index)`` where ``use_index`` counts its uses in this
+    forward pass from 0. With ``norm_every_step`` (the official Swin variant, in parity mode)
+    ``bottom_norm`` runs after every upper block that is not followed by Top-Down; otherwise it
+    runs once at the end (the official MiT ``prevnorm``). The weights are shared by all iterations.
+    """
+
+    def __init__(
+        self,
+        bottom_dim: int,
+        top_dim: int,
+        bottom_block: nn.Module,
+        *,
+        stride: int = 1,
+        num_heads: int = 1,
+        mlp_ratio: float = 4.0,
+        info_weights: Sequence[float] = (0.5, 0.5),
+        drop_path: float = 0.0,
+        parity_mode: bool = True,
+        norm_every_step: bool = False,
+    ):
+        super().__init__()
+        hila_schedule(1, stride)  # validates the stride
+        self.stride = stride
+        self.norm_every_step = norm_every_step
+        block_args = dict(
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            info_weights=info_weights,
+            drop_path=drop_path,
+            parity_mode=parity_mode,
+        )
+        self.top_down = TopDownBlock(bottom_dim, top_dim, **block_args)
+        self.bottom_up = BottomUpBlock(bottom_dim, top_dim, **block_args)
+        self.top_down.apply(init_hila_weights)
+        self.bottom_up.apply(init_hila_weights)
+        self.bottom_block = bottom_block
+        self.bottom_norm = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
+
+    def forward(
+        self,
+        top: torch.Tensor,
+        bottom: torch.Tensor,
+        top_blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the upper stage's blocks with HILA interleaved.
+
+        Args:
+            top: (B, Ht, Wt, Ct) upper tokens entering the stage's first block.
+            bottom: (B, Hb, Wb, Cb) the lower stage's tokens.
+            top_blocks: the upper stage's blocks, each (B, Ht, Wt, Ct) -> (B, Ht, Wt, Ct).
+        Returns:
+            (upper tokens after the last block, updated and normalised lower tokens).
+        """
+        uses = 0
+        for block, (bottom_up, top_down) in zip(
+            top_blocks, hila_schedule(len(top_blocks), self.stride)
+        ):
+            if bottom_up:
+                top = self.bottom_up(top, bottom)
+            top = block(top)
+            if top_down:
+                bottom = self.bottom_block(self.top_down(top, bottom), uses)
+                uses += 1
+            elif self.norm_every_step:
+                bottom = self.bottom_norm(bottom)
+        if not self.norm_every_step:
+            bottom = self.bottom_norm(bottom)
+        return top, bottom
+
+    @torch.no_grad()
+    def init_bottom_block_from(self, block: nn.Module) -> None:
+        """Copy ``block``'s weights into ``bottom_block`` in place (its parameters stay the same
+        objects, so an optimiser built before keeps training them); ValueError on a shape
+        mismatch, e.g. another MLP ratio (MODEL.HILA.BOTTOM_MLP_RATIO)."""
+        source = block.state_dict()
+        target = self.bottom_block.state_dict()
+        mismatched = [k for k in target if k in source and source[k].shape != target[k].shape]
+        if mismatched or set(source) != set(target):
+            raise ValueError(
+                "Cannot initialise the HILA lower-level block from the lower stage's last block: "
+                f"their parameters differ ({mismatched or sorted(set(source) ^ set(target))}). "
+                "Set MODEL.HILA.BOTTOM_MLP_RATIO to the encoder's MLP ratio (4)."
+            )
+        self.bottom_block.load_state_dict(source)
+
+
+def install_bottom_block_init(
+    encoder: nn.Module, pairs: Mapping[str, HILAPair], lower_blocks: Mapping[str, str]
+) -> None:
+    """"No HILA pretraining": when a checkpoint loaded into (a model containing) ``encoder`` lacks
+    every weight of a pair's ``bottom_block``, copy that pair's lower-stage block into it.
+
+    ``pairs`` maps a pair tag to its module and ``lower_blocks`` maps the same tag to the name,
+    relative to ``encoder``, of the lower stage's last block. The copy runs as a load_state_dict
+    post-hook, in place and only if that block itself was loaded; the copied keys are removed
+    from the reported missing keys and the copy is logged.
+    """
+    names = {module: name for name, module in encoder.named_modules()}
+    modules: Dict[str, nn.Module] = dict(encoder.named_modules())
+
+    def hook(module: nn.Module, incompatible) -> None:
+        missing = incompatible.missing_keys
+        for tag, pair in pairs.items():
+            marker = f"{names[pair]}.bottom_block."
+            keys = [k for k in missing if marker in k]
+            if not keys:
+                continue
+            prefix = keys[0][: keys[0].index(marker)]
+            expected = {f"{prefix}{marker}{k}" for k in pair.bottom_block.state_dict()}
+            lower = f"{prefix}{lower_blocks[tag]}."
+            if set(keys) != expected or any(k.startswith(lower) for k in missing):
+                logger.warning(
+                    "HILA pair %s: not initialising its lower-level block from %s (the checkpoint "
+                    "lacks that block or has part of the pair's own block)", tag, lower_blocks[tag]
+                )
+                continue
+            pair.init_bottom_block_from(modules[lower_blocks[tag]])
+            for key in keys:
+                missing.remove(key)
+            logger.info("HILA pair %s: lower-level block initialised from %s", tag, lower_blocks[tag])
+
+    encoder.register_load_state_dict_post_hook(hook)

@@ -1,0 +1,1 @@
+"""Tools built on the models (not needed to train or evaluate them)."""

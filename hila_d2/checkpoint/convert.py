@@ -249,15 +249,18 @@ def _describe(config: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in config.items())
 
 
-def _check_fit(
+def _fitted_result(
     source_format: str,
-    config: Mapping[str, Any],
-    model: Mapping[str, torch.Tensor],
+    variant: str,
+    config: Dict[str, Any],
+    model: Dict[str, torch.Tensor],
     expected: Mapping[str, torch.Size],
     source_of: Mapping[str, str],
-) -> KeyReport:
-    """``check_keys``; ValueError naming ``'source key' -> 'name'`` for each unexpected converted
-    name, with the shapes for each mismatched one."""
+    dropped: Sequence[str],
+) -> ConversionResult:
+    """The ``ConversionResult`` of ``model`` after ``check_keys`` against ``expected``;
+    ValueError naming ``'source key' -> 'name'`` for each unexpected converted name, with the
+    shapes for each mismatched one."""
     report = check_keys(model, expected)
     problems = [f"{source_of[name]!r} -> {name!r}" for name in report.unexpected] + [
         f"{source_of[name]!r} -> {name!r} of shape {tuple(model[name].shape)}, "
@@ -269,7 +272,14 @@ def _check_fit(
             f"{source_format} checkpoint does not fit the hila_d2 model of {_describe(config)}: "
             f"unexpected keys or shapes: {_examples(problems)}"
         )
-    return report
+    return ConversionResult(
+        model=model,
+        source_format=source_format,
+        variant=variant,
+        dropped=sorted(dropped),
+        missing=report.missing,
+        config=config,
+    )
 
 
 def _state_shapes(**modules: nn.Module) -> Dict[str, torch.Size]:
@@ -468,15 +478,7 @@ def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
         config["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = num_classes
         config["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = embed_dim
     expected = segformer_shapes(variant, depths=depths, hila=hila, **head_sizes)
-    report = _check_fit(source_format, config, model, expected, source_of)
-    return ConversionResult(
-        model=model,
-        source_format=source_format,
-        variant=variant,
-        dropped=sorted(dropped),
-        missing=report.missing,
-        config=config,
-    )
+    return _fitted_result(source_format, variant, config, model, expected, source_of, dropped)
 
 
 def _swin_tables(model: Mapping[str, torch.Tensor]) -> Dict[Tuple[int, int], torch.Tensor]:
@@ -556,15 +558,7 @@ def convert_swin(checkpoint: Mapping[str, Any], window_size: int = 7) -> Convers
             ).contiguous()
     config = {"MODEL.SWIN.VARIANT": variant, "MODEL.SWIN.WINDOW_SIZE": window_size}
     expected = swin_shapes(variant, window_size)
-    report = _check_fit(source_format, config, model, expected, source_of)
-    return ConversionResult(
-        model=model,
-        source_format=source_format,
-        variant=variant,
-        dropped=sorted(dropped),
-        missing=report.missing,
-        config=config,
-    )
+    return _fitted_result(source_format, variant, config, model, expected, source_of, dropped)
 
 
 def _upernet_fit(
@@ -640,15 +634,7 @@ def convert_hila_swin(checkpoint: Mapping[str, Any]) -> ConversionResult:
         head_shapes, head_config = _upernet_fit(model, variant)
         expected.update(head_shapes)
         config.update(head_config)
-    report = _check_fit(source_format, config, model, expected, source_of)
-    return ConversionResult(
-        model=model,
-        source_format=source_format,
-        variant=variant,
-        dropped=sorted(dropped),
-        missing=report.missing,
-        config=config,
-    )
+    return _fitted_result(source_format, variant, config, model, expected, source_of, dropped)
 
 
 class _Format(NamedTuple):

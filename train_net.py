@@ -6,6 +6,7 @@
     python train_net.py --config-file CONFIG --resume           # continue from the last checkpoint
     python train_net.py --config-file CONFIG --num-gpus 8       # or --num-machines/--machine-rank/--dist-url
 """
+import logging
 import os
 
 import detectron2.utils.comm as comm
@@ -28,19 +29,38 @@ from hila_d2.evaluation import BoundaryFScoreEvaluator
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
 
+def _panoptic_sem_seg_matches(cfg, metadata) -> bool:
+    """Whether a panoptic dataset's ``sem_seg_root`` maps label the model's semantic classes."""
+    if not metadata.get("sem_seg_root", None):
+        return False
+    matches = len(metadata.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if not matches:
+        logging.getLogger("hila_d2").info(
+            "Not scoring semantic segmentation on %s: its maps have %d classes, the model's "
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES is %d (PanopticFPN is scored on *_panoptic_separated)",
+            metadata.name,
+            len(metadata.stuff_classes),
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        )
+    return matches
+
+
 class Trainer(DefaultTrainer):
     """detectron2's trainer with hila_d2's mapper, optimiser, schedule and evaluators."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """Evaluators chosen by the dataset's ``evaluator_type`` metadata (plus the boundary
-        F-score next to SemSegEvaluator when TEST.BOUNDARY_FSCORE.ENABLED)."""
+        """Evaluators chosen by the dataset's ``evaluator_type`` metadata: SemSegEvaluator (plus
+        the boundary F-score when TEST.BOUNDARY_FSCORE.ENABLED), COCOEvaluator (pycocotools when
+        detectron2's C++ evaluation is absent), COCOPanopticEvaluator. On a panoptic dataset the
+        semantic output is also scored when the dataset has ``sem_seg_root`` maps with as many
+        classes as the model predicts (PanopticFPN on ``*_panoptic_separated``)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         metadata = MetadataCatalog.get(dataset_name)
         evaluator_type = metadata.get("evaluator_type", None)
         evaluators = []
         if evaluator_type in ("sem_seg", "cityscapes_sem_seg") or (
-            evaluator_type == "coco_panoptic_seg" and metadata.get("sem_seg_root", None)
+            evaluator_type == "coco_panoptic_seg" and _panoptic_sem_seg_matches(cfg, metadata)
         ):
             evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
             if cfg.TEST.BOUNDARY_FSCORE.ENABLED:

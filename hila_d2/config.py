@@ -94,10 +94,18 @@ def add_hila_config(cfg: CN) -> CN:
     # HILA paper's Cityscapes rule; ADE20K uses a fixed 3.
     cfg.TEST.BOUNDARY_FSCORE.TOLERANCE = 0
 
-    # ---- Semantic-segmentation training augmentation (mapper "segformer_semantic")
-    # "segformer_semantic": the SegFormer recipe below; "" uses detectron2's DatasetMapper defaults.
-    cfg.INPUT.DATASET_MAPPER_NAME = "segformer_semantic"
-    # Base (long side, short side) that a random ratio scales, e.g. ADE20K (2048, 512).
+    # ---- Training mapper (hila_d2.data.mappers)
+    # "" (default): detectron2's DatasetMapper, as stock detectron2 configs expect;
+    # "segformer_semantic": the SegFormer semantic recipe configured below (Base-SegFormer.yaml);
+    # "detr_crop": detectron2's DatasetMapper whose resize is, with probability
+    # INPUT.DETR_CROP.PROB, preceded by a resize to INPUT.DETR_CROP.MIN_SIZES and a random crop
+    # INPUT.CROP.{TYPE,SIZE} (the multi-scale + crop recipe of Swin's 3x detection configs).
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
+    cfg.INPUT.DETR_CROP = CN()
+    cfg.INPUT.DETR_CROP.PROB = 0.5
+    # Shorter sides (one chosen at random) of the resize before the crop.
+    cfg.INPUT.DETR_CROP.MIN_SIZES = (400, 500, 600)
+    # "segformer_semantic": base (long side, short side) that a random ratio scales, e.g. ADE20K (2048, 512).
     cfg.INPUT.RESIZE_BASE_SIZE = (2048, 512)
     # The ratio is drawn uniformly from this range; the image is resized to fit the scaled base.
     cfg.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)
@@ -108,12 +116,14 @@ def add_hila_config(cfg: CN) -> CN:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 
     # ---- Optimiser and schedule (hila_d2.solver)
-    # "ADAMW" or "SGD".
-    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # The defaults are detectron2's (SGD, one LR), so stock detectron2 configs train as they do
+    # with detectron2's own trainer; the project's Base-*.yaml set their recipes.
+    # "SGD" (SOLVER.MOMENTUM, SOLVER.NESTEROV) or "ADAMW" (SOLVER.BETAS).
+    cfg.SOLVER.OPTIMIZER = "SGD"
     # AdamW betas.
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # LR multiplier of every parameter outside the backbone (SegFormer recipe: 10.0).
-    cfg.SOLVER.HEAD_LR_MULTIPLIER = 10.0
+    cfg.SOLVER.HEAD_LR_MULTIPLIER = 1.0
     # For SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR": lr = base * (1 - iter / MAX_ITER) ** POWER.
     cfg.SOLVER.POLY_LR_POWER = 1.0
     return cfg

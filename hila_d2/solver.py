@@ -1,7 +1,8 @@
 """Optimiser and LR schedule of the SegFormer/HILA recipes, from detectron2 and fvcore parts.
 
 Parameter groups: no weight decay on normalisation layers (``SOLVER.WEIGHT_DECAY_NORM``) and on
-the parameters the backbone names in ``no_weight_decay_keywords()`` (position tables);
+the parameters that any module (an encoder, also inside an FPN) names in
+``no_weight_decay_keywords()`` (position tables);
 ``SOLVER.HEAD_LR_MULTIPLIER`` on every parameter outside ``model.backbone``.
 """
 from typing import Any, Dict, List
@@ -21,11 +22,8 @@ OPTIMIZERS = ("ADAMW", "SGD")
 
 def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     """Optimizer parameter groups (each with its own ``lr`` and ``weight_decay``)."""
-    backbone = getattr(model, "backbone", None)
-    no_decay_names = (
-        backbone.no_weight_decay_keywords()
-        if hasattr(backbone, "no_weight_decay_keywords")
-        else set()
+    no_decay_names = set().union(
+        *(m.no_weight_decay_keywords() for m in model.modules() if hasattr(m, "no_weight_decay_keywords"))
     )
     head_multiplier = cfg.SOLVER.HEAD_LR_MULTIPLIER
 

@@ -1,4 +1,5 @@
 """Shared by the tests: the project's YAML configs, loaded for CPU runs."""
+import importlib.util
 from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
@@ -9,10 +10,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_config(config_file: str, *opts) -> CfgNode:
-    """``config_file`` (relative to the repository) with hila_d2's keys, on CPU with BatchNorm
-    (SyncBN needs GPUs), then the ``KEY VALUE`` pairs of ``opts``."""
+    """``config_file`` (relative to the repository) with hila_d2's keys, on CPU with BatchNorm for
+    SyncBN (which needs GPUs), then the ``KEY VALUE`` pairs of ``opts``."""
     cfg = get_cfg()
     hila_d2.add_hila_config(cfg)
     cfg.merge_from_file(str(REPO / config_file))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NORM", "BN", *opts])
+    cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
+        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg.merge_from_list(list(opts))
     return cfg
+
+
+def load_train_net():
+    """``train_net.py`` imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,4 +1,5 @@
-"""SegFormer training augmentations and the semantic training mapper."""
+"""Training augmentations and mappers: the SegFormer semantic recipe and the DETR-style crop
+policy of the Swin 3x detection recipe."""
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
@@ -91,3 +92,50 @@ def test_unknown_mapper_names_the_key():
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     with pytest.raises(ValueError, match="INPUT.DATASET_MAPPER_NAME"):
         build_train_mapper(cfg)
+
+
+def detr_crop_mapper(prob: float):
+    cfg = load_config(
+        "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml",
+        "INPUT.DATASET_MAPPER_NAME", "detr_crop",
+        "INPUT.DETR_CROP.PROB", str(prob),
+        "INPUT.DETR_CROP.MIN_SIZES", "(100,)",
+        "INPUT.CROP.ENABLED", "True",
+        "INPUT.CROP.TYPE", "absolute_range",
+        "INPUT.CROP.SIZE", "(48, 64)",
+        "INPUT.MIN_SIZE_TRAIN", "(160,)",
+    )
+    return build_train_mapper(cfg)
+
+
+def tight_boxes(masks):
+    """(N, H, W) bool -> (N, 4) XYXY boxes enclosing each mask's pixels."""
+    boxes = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.array(boxes, dtype=np.float32)
+
+
+def test_detr_crop_policy_crops_then_resizes_and_recomputes_boxes():
+    record = DatasetCatalog.get("hila_shapes_val")[0]  # 128x128, 2-6 shapes
+    np.random.seed(0)
+    without_crop = detr_crop_mapper(0.0)(dict(record))
+    assert tuple(without_crop["image"].shape) == (3, 160, 160)  # shortest edge 128 -> 160
+    assert len(without_crop["instances"]) == len(record["annotations"])
+
+    mapper = detr_crop_mapper(1.0)
+    sizes = set()
+    for _ in range(8):
+        out = mapper(dict(record))
+        _, h, w = out["image"].shape
+        sizes.add((h, w))
+        # resized to 100, cropped to 48..64 per side, then the shorter side resized to 160
+        assert min(h, w) == 160 and 160 <= max(h, w) <= 160 * 64 / 48 + 1
+        masks = out["instances"].gt_masks.tensor.numpy()
+        assert masks.shape[1:] == (h, w)
+        kept = masks.reshape(len(masks), -1).any(1)
+        np.testing.assert_allclose(
+            out["instances"].gt_boxes.tensor.numpy()[kept], tight_boxes(masks[kept]), atol=1e-4
+        )
+    assert len(sizes) > 1  # the crop size is drawn at random

@@ -277,16 +277,12 @@ def test_evaluator_rejects_predictions_of_another_size(tiny_dataset):
 
 def test_train_net_adds_the_evaluator_when_enabled(tiny_dataset, tmp_path):
     """TEST.BOUNDARY_FSCORE.ENABLED puts BoundaryFScoreEvaluator next to SemSegEvaluator."""
-    import importlib.util
-
     from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
-    from project_config import REPO, load_config
+    from project_config import load_config, load_train_net
 
     name = tiny_dataset[0]
     MetadataCatalog.get(name).set(evaluator_type="sem_seg")
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
     config = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
     plain = train_net.Trainer.build_evaluator(load_config(config), name, str(tmp_path))
     assert isinstance(plain, SemSegEvaluator)

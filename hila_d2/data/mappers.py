@@ -7,9 +7,14 @@ from detectron2.data import transforms as T
 
 from .augmentations import PhotometricDistortion, RandomResizeByRatio
 
-__all__ = ["MAPPER_NAMES", "build_semantic_train_augmentations", "build_train_mapper"]
+__all__ = [
+    "MAPPER_NAMES",
+    "build_detr_crop_train_augmentations",
+    "build_semantic_train_augmentations",
+    "build_train_mapper",
+]
 
-MAPPER_NAMES = ("segformer_semantic", "")
+MAPPER_NAMES = ("", "segformer_semantic", "detr_crop")
 
 
 def build_semantic_train_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
@@ -33,11 +38,38 @@ def build_semantic_train_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
     return augs
 
 
+def build_detr_crop_train_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
+    """Flip, then with probability ``INPUT.DETR_CROP.PROB`` a resize (shorter side drawn from
+    ``INPUT.DETR_CROP.MIN_SIZES``) and a random crop ``INPUT.CROP.{TYPE,SIZE}``, then the
+    shortest-edge resize ``INPUT.{MIN,MAX}_SIZE_TRAIN``: DETR's policy, used by Swin's 3x
+    detection recipe."""
+    resize_and_crop = T.AugmentationList(
+        [
+            T.ResizeShortestEdge(cfg.INPUT.DETR_CROP.MIN_SIZES, sample_style="choice"),
+            T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
+        ]
+    )
+    return [
+        T.RandomFlip(),
+        T.RandomApply(resize_and_crop, prob=cfg.INPUT.DETR_CROP.PROB),
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        ),
+    ]
+
+
 def build_train_mapper(cfg: CfgNode) -> DatasetMapper:
     """The training mapper named by ``INPUT.DATASET_MAPPER_NAME`` ("" = detectron2's default)."""
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name == "segformer_semantic":
         return DatasetMapper(cfg, is_train=True, augmentations=build_semantic_train_augmentations(cfg))
+    if name == "detr_crop":
+        return DatasetMapper(
+            cfg,
+            is_train=True,
+            augmentations=build_detr_crop_train_augmentations(cfg),
+            recompute_boxes=cfg.MODEL.MASK_ON,  # boxes of cropped instances come from their masks
+        )
     if name == "":
         return DatasetMapper(cfg, is_train=True)
     raise ValueError(f"INPUT.DATASET_MAPPER_NAME is {name!r}; choose one of {MAPPER_NAMES}")

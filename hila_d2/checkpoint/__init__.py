@@ -1,1 +1,7 @@
-"""Conversion of official checkpoints into detectron2 checkpoints of hila_d2 models."""
+"""Conversion of official checkpoints into detectron2 checkpoints of hila_d2 models.
+
+``convert`` is the entry point (``convert_checkpoint``, ``SUPPORTED_FORMATS``); ``core`` holds the
+shared machinery, ``segformer`` and ``swin`` the converters of each family, ``hila`` the HILA pair
+names both use.
+"""
+from . import convert  # noqa: F401  (fills core.FORMATS in detection order)

@@ -4,7 +4,7 @@ Built on timm's ``PyramidVisionTransformerV2``: with ``mlp_ratios=(4, 4, 4, 4)``
 patch embeddings and spatial-reduction attention it *is* MiT, with the same parameter count and
 the same LayerNorm epsilons (1e-6 in blocks and stage norms, 1e-5 in patch embeddings and
 spatial-reduction norms). Parameter names are timm's (``patch_embed``, ``stages.{i}.downsample``,
-``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); ``hila_d2.checkpoint.convert`` maps official
+``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); ``hila_d2.checkpoint`` maps official
 SegFormer files onto them.
 
 With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``

@@ -5,7 +5,7 @@ window // 2 on every odd block whatever the feature size, the normed tokens zero
 bottom/right to a multiple of the window *before* the cyclic shift (timm shifts first, then pads,
 and clamps the window to small construction sizes), and a LayerNorm ``norm{i}`` on each output
 stage. Parameter names are timm's (``patch_embed``, ``layers.{i}.downsample`` for i = 1..3,
-``layers.{i}.blocks.{j}``) plus ``norm{i}``; ``hila_d2.checkpoint.convert`` maps official
+``layers.{i}.blocks.{j}``) plus ``norm{i}``; ``hila_d2.checkpoint`` maps official
 ImageNet files onto them.
 
 With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``

@@ -1,0 +1,135 @@
+"""Official SegFormer (MiT) and HILA-SegFormer checkpoints -> hila_d2 SegFormer names."""
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_v2_checkpoint_filter_fn
+
+from ..modeling.backbone.mit import MIT_VARIANTS, MixVisionTransformer
+from ..modeling.heads.segformer_head import SegFormerHead
+from ..modeling.hila import HILASettings
+from .core import (
+    PREDICTOR,
+    ConversionResult,
+    compile_renames,
+    fitted_result,
+    rename_by,
+    rename_keys,
+    source_state_dict,
+    state_shapes,
+)
+from .hila import hila_config, hila_param_name, infer_hila_settings
+
+__all__ = ["convert_segformer", "infer_mit_variant", "segformer_shapes"]
+
+
+# SegFormer decode head (mmseg "decode_head.…") -> SegFormerHead
+_SEGFORMER_HEAD = compile_renames(
+    (r"decode_head\.linear_c([1-4])\.proj\.", lambda m: f"sem_seg_head.embeds.{int(m[1]) - 1}."),
+    (r"decode_head\.linear_fuse\.conv\.", "sem_seg_head.fuse."),
+    (r"decode_head\.linear_fuse\.bn\.", "sem_seg_head.fuse.norm."),
+    (r"decode_head\.linear_pred\.", "sem_seg_head.predictor."),
+)
+# official HILA keys of MiT (after "backbone."): "{module}.{tag}.{rest}"
+_MIT_HILA_KEY = re.compile(
+    r"(?P<module>topdown|bottomup|prevblock|prevnorm)\.(?P<tag>\d+)\.(?P<rest>.+)"
+)
+_BLOCK_NORM1 = re.compile(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.weight")
+
+
+def segformer_shapes(
+    variant: str,
+    num_classes: int = 1,
+    embed_dim: int = 256,
+    depths: Optional[Sequence[int]] = None,
+    hila: HILASettings = HILASettings(),
+) -> Dict[str, torch.Size]:
+    """Name -> shape of every state-dict entry of a hila_d2 SegFormer (a detectron2
+    SemanticSegmentor with MiT ``variant``, optionally other ``depths`` and HILA pairs, and a
+    SegFormerHead). The head sizes change shapes only, not names. Built on the meta device, so it
+    allocates nothing."""
+    with torch.device("meta"):
+        backbone = MixVisionTransformer(variant=variant, depths=depths, hila=hila)
+        # "BN" has the same entries as "SyncBN", the configs' default
+        head = SegFormerHead(
+            backbone.output_shape(), num_classes=num_classes, embed_dim=embed_dim, norm="BN"
+        )
+    return state_shapes(backbone=backbone, sem_seg_head=head)
+
+
+def infer_mit_variant(model: Mapping[str, torch.Tensor]) -> Tuple[str, Tuple[int, ...]]:
+    """(variant, depths) of the ``backbone.stages.*`` entries of ``model``.
+
+    ``variant`` is the ``MIT_VARIANTS`` entry with these embed dims and depths; if none has these
+    depths (HILA's "B2" has (2, 2, 6, 2)), the first with these embed dims whose depths are all at
+    least these (whose ImageNet file covers every block), else the first with these embed dims.
+    ValueError if no variant has these embed dims.
+    """
+    stages: Dict[int, Tuple[int, int]] = {}  # stage -> (blocks, embed dim)
+    for name, value in model.items():
+        match = _BLOCK_NORM1.fullmatch(name)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            stages[stage] = (max(stages.get(stage, (0, 0))[0], block + 1), value.shape[0])
+    depths = tuple(stages[s][0] for s in sorted(stages))
+    dims = tuple(stages[s][1] for s in sorted(stages))
+    same_dims = {
+        v: tuple(s["depths"]) for v, s in MIT_VARIANTS.items() if tuple(s["embed_dims"]) == dims
+    }
+    if not same_dims:
+        known = ", ".join(f"{v} {tuple(s['embed_dims'])}" for v, s in MIT_VARIANTS.items())
+        raise ValueError(f"No MiT variant has embed dims {dims} (depths {depths}); known: {known}")
+    exact = [v for v, d in same_dims.items() if d == depths]
+    deeper = [v for v, d in same_dims.items() if all(a >= b for a, b in zip(d, depths))]
+    return (exact + deeper + list(same_dims))[0], depths
+
+
+def _rename_mit(key: str) -> str:
+    """NVlabs MiT name -> timm PVTv2 name (``MixVisionTransformer``'s), by timm's own renaming."""
+    (renamed,) = pvt_v2_checkpoint_filter_fn({key: None}, None)
+    return renamed
+
+
+def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
+    """Official SegFormer or HILA-SegFormer weights -> hila_d2 SegFormer names.
+
+    ``checkpoint``: a bare MiT ImageNet state dict (NVlabs names; HILA's adds ``topdown``,
+    ``bottomup``, ``prevblock`` and ``prevnorm``) or a trained mmseg state dict (the same with the
+    ``backbone.`` prefix, plus ``decode_head.linear_c{1..4}|linear_fuse|linear_pred``), optionally
+    wrapped as ``{"state_dict": ...}``. Variant, depths (any, with HILA; a plain SegFormer file
+    has its variant's), HILA pairs and ratios and head sizes are read off the tensors; source keys
+    that map to no entry of that model, or to one of another shape, raise a ValueError.
+    """
+    source_format, state_dict = source_state_dict(checkpoint, convert_segformer)
+    encoder_prefix = "" if source_format.endswith("_imagenet") else "backbone."
+
+    def rename(key: str) -> str:
+        if not key.startswith(encoder_prefix):
+            return rename_by(_SEGFORMER_HEAD, key)
+        local = key[len(encoder_prefix) :]
+        match = _MIT_HILA_KEY.fullmatch(local)
+        if match:
+            return "backbone." + hila_param_name(key, match, match["tag"])
+        return "backbone." + _rename_mit(local)
+
+    model, source_of, dropped = rename_keys(source_format, state_dict, rename)
+    variant, depths = infer_mit_variant(model)
+    variant_depths = tuple(MIT_VARIANTS[variant]["depths"])
+    if depths != variant_depths and not source_format.startswith("hila_"):
+        raise ValueError(
+            f"No MiT variant has depths {depths}: a {source_format} file has all the blocks of "
+            f"its variant (MiT-{variant}: {variant_depths}), so this one is incomplete"
+        )
+    hila = infer_hila_settings(model)
+    config: Dict[str, Any] = {"MODEL.MIT.VARIANT": variant}
+    if depths != variant_depths:
+        config["MODEL.MIT.DEPTHS"] = list(depths)
+    config.update(hila_config(hila))
+    head_sizes: Dict[str, int] = {}
+    if PREDICTOR in model:
+        num_classes, embed_dim = model[PREDICTOR].shape[:2]
+        head_sizes = {"num_classes": num_classes, "embed_dim": embed_dim}
+        config["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = num_classes
+        config["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = embed_dim
+    expected = segformer_shapes(variant, depths=depths, hila=hila, **head_sizes)
+    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)

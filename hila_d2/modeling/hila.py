@@ -311,11 +311,22 @@ class _MixFFN(MlpWithDepthwiseConv):
         return out.reshape(batch, height, width, -1)
 
 
-def _drop_path(rate: float) -> nn.Module:
-    return DropPath(rate) if rate > 0 else nn.Identity()
+class _InterLevelBlock(nn.Module):
+    """What the Top-Down and Bottom-Up blocks share: stochastic depth and the ``info_weights``
+    (w0, w1) average of a stream with its FFN branch."""
+
+    def __init__(self, info_weights: Sequence[float], drop_path: float):
+        super().__init__()
+        self.info_weights = tuple(float(w) for w in info_weights)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _weighted_ffn(self, x: torch.Tensor, norm: nn.Module, ffn: nn.Module) -> torch.Tensor:
+        """``w0 * x + w1 * DP(ffn(norm(x)))`` on channels-last tokens."""
+        w0, w1 = self.info_weights
+        return w0 * x + w1 * self.drop_path(ffn(norm(x)))
 
 
-class TopDownBlock(nn.Module):
+class TopDownBlock(_InterLevelBlock):
     """Updates the children from their parents (official ``TopDownAttn``; returns the children):
 
     ``b1 = b + DP(TD(norm2(t), norm1(b)))``; ``b2 = w0 * b1 + w1 * DP(bottom_mlp(norm3(b1)))``.
@@ -332,9 +343,8 @@ class TopDownBlock(nn.Module):
         drop_path: float,
         parity_mode: bool,
     ):
-        super().__init__()
+        super().__init__(info_weights, drop_path)
         attn_dim = min(bottom_dim, top_dim)
-        self.info_weights = tuple(float(w) for w in info_weights)
         self.norm1 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
         self.norm2 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
         self.norm3 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
@@ -343,7 +353,6 @@ class TopDownBlock(nn.Module):
             scale_dim=bottom_dim if parity_mode else attn_dim,
         )
         self.bottom_mlp = _MixFFN(bottom_dim, int(bottom_dim * mlp_ratio))
-        self.drop_path = _drop_path(drop_path)
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated bottom (B, Hb, Wb, Cb)."""
@@ -352,11 +361,10 @@ class TopDownBlock(nn.Module):
         padded = _pad_to(self.norm1(bottom), 2 * top.shape[1], 2 * top.shape[2])
         update = self.topdown_attn(self.norm2(top), padded)[:, :hb, :wb]
         bottom = bottom + self.drop_path(update)
-        w0, w1 = self.info_weights
-        return w0 * bottom + w1 * self.drop_path(self.bottom_mlp(self.norm3(bottom)))
+        return self._weighted_ffn(bottom, self.norm3, self.bottom_mlp)
 
 
-class BottomUpBlock(nn.Module):
+class BottomUpBlock(_InterLevelBlock):
     """Updates the parents from their children (official ``BottomUpAttn``; returns the parents):
 
     ``t1 = t + DP(BU(norm4(t), norm5(b)))``; ``t2 = w0 * t1 + w1 * DP(top_mlp(norm6(t1)))``.
@@ -373,9 +381,8 @@ class BottomUpBlock(nn.Module):
         drop_path: float,
         parity_mode: bool,
     ):
-        super().__init__()
+        super().__init__(info_weights, drop_path)
         attn_dim = min(bottom_dim, top_dim)
-        self.info_weights = tuple(float(w) for w in info_weights)
         self.norm4 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
         self.norm5 = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
         self.norm6 = nn.LayerNorm(top_dim, eps=LAYER_NORM_EPS)
@@ -385,7 +392,6 @@ class BottomUpBlock(nn.Module):
             mask_padding=not parity_mode,
         )
         self.top_mlp = _MixFFN(top_dim, int(top_dim * mlp_ratio))
-        self.drop_path = _drop_path(drop_path)
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated top (B, Ht, Wt, Ct)."""
@@ -396,8 +402,7 @@ class BottomUpBlock(nn.Module):
         valid = torch.zeros(2 * ht, 2 * wt, dtype=torch.bool, device=bottom.device)
         valid[:hb, :wb] = True
         top = top + self.drop_path(self.bottomup_attn(self.norm4(top), padded, valid))
-        w0, w1 = self.info_weights
-        return w0 * top + w1 * self.drop_path(self.top_mlp(self.norm6(top)))
+        return self._weighted_ffn(top, self.norm6, self.top_mlp)
 
 
 class HILAPair(nn.Module):

@@ -105,7 +105,8 @@ def add_hila_config(cfg: CN) -> CN:
     cfg.INPUT.DETR_CROP.PROB = 0.5
     # Shorter sides (one chosen at random) of the resize before the crop.
     cfg.INPUT.DETR_CROP.MIN_SIZES = (400, 500, 600)
-    # "segformer_semantic": base (long side, short side) that a random ratio scales, e.g. ADE20K (2048, 512).
+    # "segformer_semantic": base (long side, short side) that a random ratio scales,
+    # e.g. ADE20K (2048, 512).
     cfg.INPUT.RESIZE_BASE_SIZE = (2048, 512)
     # The ratio is drawn uniformly from this range; the image is resized to fit the scaled base.
     cfg.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)

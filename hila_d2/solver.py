@@ -23,7 +23,11 @@ OPTIMIZERS = ("ADAMW", "SGD")
 def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     """Optimizer parameter groups (each with its own ``lr`` and ``weight_decay``)."""
     no_decay_names = set().union(
-        *(m.no_weight_decay_keywords() for m in model.modules() if hasattr(m, "no_weight_decay_keywords"))
+        *(
+            module.no_weight_decay_keywords()
+            for module in model.modules()
+            if hasattr(module, "no_weight_decay_keywords")
+        )
     )
     head_multiplier = cfg.SOLVER.HEAD_LR_MULTIPLIER
 

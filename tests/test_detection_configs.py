@@ -11,8 +11,9 @@ from detectron2.evaluation import (
 from detectron2.modeling import build_model
 
 from hila_d2.modeling import MixVisionTransformer, SwinTransformerBackbone
-from hila_d2.solver import build_param_groups
+from hila_d2.solver import build_optimizer
 from project_config import REPO, load_config, load_train_net
+from test_solver import hyperparams_by_name
 
 INSTANCE = "configs/coco/instance-segmentation/"
 PANOPTIC = "configs/coco/panoptic-segmentation/"
@@ -33,13 +34,6 @@ def test_every_backbone_has_both_tasks_with_and_without_hila():
             assert f"{task}_{model}.yaml" in names
             assert f"hila_{task}_{encoder}_s234_{schedule}.yaml" in names
     assert len(names) == 12
-
-
-def hyperparameters(cfg, model, parameter_name):
-    """(lr, weight_decay) of one named parameter in the optimiser groups."""
-    param = dict(model.named_parameters())[parameter_name]
-    (group,) = [g for g in build_param_groups(cfg, model) if any(p is param for p in g["params"])]
-    return group["lr"], group["weight_decay"]
 
 
 @pytest.mark.parametrize("config", LEAVES)
@@ -70,17 +64,17 @@ def test_config_builds_the_recipe(config):
     # optimiser: AdamW, Swin lr 1e-4 / wd 0.05, MiT (PVTv2 recipe) lr 2e-4 / wd 1e-4; no decay
     # on norms, nor on Swin's relative position tables; the same LR for heads
     assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.IMS_PER_BATCH == 16
+    hp = hyperparams_by_name(model, build_optimizer(cfg, model))
     lr, wd = (1e-4, 0.05) if swin else (2e-4, 1e-4)
     if swin:
         first = "backbone.bottom_up.layers.0.blocks.0."
-        assert hyperparameters(cfg, model, first + "attn.qkv.weight") == pytest.approx((lr, wd))
-        table = first + "attn.relative_position_bias_table"
-        assert hyperparameters(cfg, model, table) == pytest.approx((lr, 0.0))
+        assert hp[first + "attn.qkv.weight"] == pytest.approx((lr, wd))
+        assert hp[first + "attn.relative_position_bias_table"] == pytest.approx((lr, 0.0))
     else:
         first = "backbone.bottom_up.stages.0.blocks.0."
-        assert hyperparameters(cfg, model, first + "attn.q.weight") == pytest.approx((lr, wd))
-    assert hyperparameters(cfg, model, first + "norm1.weight") == pytest.approx((lr, 0.0))
-    assert hyperparameters(cfg, model, "roi_heads.box_head.fc1.weight") == pytest.approx((lr, wd))
+        assert hp[first + "attn.q.weight"] == pytest.approx((lr, wd))
+    assert hp[first + "norm1.weight"] == pytest.approx((lr, 0.0))
+    assert hp["roi_heads.box_head.fc1.weight"] == pytest.approx((lr, wd))
 
     three_x = name.endswith("_3x.yaml")
     assert cfg.SOLVER.MAX_ITER == (270000 if three_x else 90000)

@@ -29,7 +29,42 @@ def add_hila_config(cfg: CN) -> CN:
     # Stage outputs to return, a subset of res2..res5 (strides 4, 8, 16, 32).
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
-    # ---- HILA, hierarchical inter-level attention (hila_d2.modeling.hila), for MiT and Swin
+    # ---- HAT-Net encoder (H-MHSA): MODEL.BACKBONE.NAME "build_hatnet_backbone"
+    cfg.MODEL.HATNET = CN()
+    # Variant "T", "S", "M" or "L": sets the per-stage values below that are left empty
+    # (hila_d2.modeling.backbone.hatnet.HATNET_VARIANTS).
+    cfg.MODEL.HATNET.VARIANT = "T"
+    # Per-stage overrides of the variant ([] keeps the variant's): widths, blocks, inverted
+    # residual expansions and depthwise kernel sizes, and the channels per attention head.
+    cfg.MODEL.HATNET.DIMS = []
+    cfg.MODEL.HATNET.DEPTHS = []
+    cfg.MODEL.HATNET.EXPANSIONS = []
+    cfg.MODEL.HATNET.KERNEL_SIZES = []
+    cfg.MODEL.HATNET.HEAD_DIM = 0  # 0 keeps the variant's (48 for T, 64 otherwise)
+    # Local attention window G and global key pooling ratio r per stage (G = 1: plain MHSA).
+    cfg.MODEL.HATNET.GRID_SIZES = [8, 7, 7, 1]
+    cfg.MODEL.HATNET.DS_RATIOS = [8, 4, 2, 1]
+    # Stochastic depth rate of the last block, linear from 0 over all blocks (PVT recipe: 0.1).
+    cfg.MODEL.HATNET.DROP_PATH_RATE = 0.1
+    # Channel dropout after the attention projection and inside the inverted residuals.
+    cfg.MODEL.HATNET.DROP_RATE = 0.0
+    # Stage outputs to return, a subset of res2..res5 (strides 4, 8, 16, 32).
+    cfg.MODEL.HATNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # -1: train everything; 0: freeze the stem; k: the stem and stages 1..k with their
+    # downsampling layers (no gradients, kept in eval mode).
+    cfg.MODEL.HATNET.FROZEN_STAGES = -1
+    # Maps not divisible by G are zero-padded per window after the qkv projection. True: padded
+    # keys are masked out of the softmax; False: they take part as zero keys and values.
+    # Identical either way when every map is divisible by G (inputs that are multiples of 224).
+    cfg.MODEL.HATNET.MASK_PADDED_KEYS = True
+    # True: the global keys pool r x r windows in ceil mode, a partial border window averaging
+    # its valid pixels; False: the official floor mode, which drops border rows/columns.
+    cfg.MODEL.HATNET.POOL_CEIL_MODE = True
+    # Run the attention in float32 also under autocast (softmax over ~1k keys at detection sizes).
+    cfg.MODEL.HATNET.ATTENTION_FP32 = False
+
+    # ---- HILA, hierarchical inter-level attention (hila_d2.modeling.hila), for MiT, Swin and
+    # HAT-Net
     cfg.MODEL.HILA = CN()
     # Upper stage (2..4) of each inter-level pair: [3] is the paper's S3 (stages 2 and 3),
     # [2, 3, 4] its S234. [] switches HILA off: the encoder is then exactly the plain encoder.

@@ -49,3 +49,21 @@ def test_b0_tables(capsys):
     segmentors = table_rows(output, "segmentors, ADE20K, 64×64")
     assert segmentors["hila_mit_b0_s3"][1] == "4.178"  # §9.2's 4.197 M less conv_seg
     assert segmentors["hila_mit_b0_s3"][2] == "4.197"
+
+
+def test_hatnet_tiny_matches_the_spec_counts(capsys):
+    """HAT-Net-T at 224x224: hatnet.md §4's backbone params, and its fvcore total of the
+    classification model (2.146 G, of which the classifier is 0.0004 G)."""
+    benchmark = load_benchmark()
+    benchmark.main(
+        ["--models", "hatnet", "--size", "224", "224", "--no-latency", "--threads", "1",
+         "--only", "semantic_fpn_hatnet_t"]
+    )  # fmt: skip
+    output = capsys.readouterr().out
+    (encoder,) = table_rows(output, "encoders, ADE20K, 224×224").values()
+    assert encoder[1] == "12.271" and encoder[2] == "12.2709"
+    assert abs(float(encoder[3]) - 2.1456) < 0.001 and encoder[4] == "2.146"
+    (segmentor,) = table_rows(output, "segmentors, ADE20K, 224×224").values()
+    model = build_model(load_config("configs/ade20k/semantic-segmentation/hatnet/semantic_fpn_hatnet_t_40k.yaml"))
+    assert segmentor[1] == f"{sum(p.numel() for p in model.parameters()) / 1e6:.3f}"
+    assert float(segmentor[3]) > float(encoder[3])

@@ -1,6 +1,6 @@
 """The COCO Mask R-CNN and Panoptic FPN configs (Swin-T 1x/3x, MiT-B2 1x, each with and without
-HILA) build the models and optimiser groups their recipes state, and train_net.py picks the
-evaluators of instance and panoptic datasets."""
+HILA; HAT-Net T/S/M/L) build the models and optimiser groups their recipes state, and
+train_net.py picks the evaluators of instance and panoptic datasets."""
 import pytest
 from detectron2.evaluation import (
     COCOEvaluator,
@@ -10,7 +10,7 @@ from detectron2.evaluation import (
 )
 from detectron2.modeling import build_model
 
-from hila_d2.modeling import MixVisionTransformer, SwinTransformerBackbone
+from hila_d2.modeling import HATNet, MixVisionTransformer, SwinTransformerBackbone
 from hila_d2.solver import build_optimizer
 from project_config import REPO, load_config, load_train_net
 from test_solver import hyperparams_by_name
@@ -33,19 +33,25 @@ def test_every_backbone_has_both_tasks_with_and_without_hila():
             encoder, schedule = model.rsplit("_", 1)
             assert f"{task}_{model}.yaml" in names
             assert f"hila_{task}_{encoder}_s234_{schedule}.yaml" in names
-    assert len(names) == 12
+    hatnet = {f"mask_rcnn_hatnet_{v}_1x.yaml" for v in "tsml"} | {
+        "hila_mask_rcnn_hatnet_s_s234_1x.yaml",
+        "panoptic_fpn_hatnet_s_1x.yaml",
+    }
+    assert hatnet <= names
+    assert len(names) == 12 + len(hatnet)
 
 
 @pytest.mark.parametrize("config", LEAVES)
 def test_config_builds_the_recipe(config):
     cfg = load_config(config)
     name = config.rsplit("/", 1)[1]
-    swin = "swin_t" in name
+    swin, hatnet = "swin_t" in name, "hatnet" in name
     hila = name.startswith("hila_")
     model = build_model(cfg)
 
     encoder = model.backbone.bottom_up
-    assert isinstance(encoder, SwinTransformerBackbone if swin else MixVisionTransformer)
+    encoder_class = SwinTransformerBackbone if swin else HATNet if hatnet else MixVisionTransformer
+    assert isinstance(encoder, encoder_class)
     assert sorted(encoder.hila) == (["12", "23", "34"] if hila else [])
     assert cfg.MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE == hila  # from plain ImageNet weights
     assert [s.stride for s in model.backbone.output_shape().values()] == [4, 8, 16, 32, 64]
@@ -61,8 +67,9 @@ def test_config_builds_the_recipe(config):
 
     # the encoders' ImageNet input convention
     assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == IMAGENET_RGB_MEAN
-    # optimiser: AdamW, Swin lr 1e-4 / wd 0.05, MiT (PVTv2 recipe) lr 2e-4 / wd 1e-4; no decay
-    # on norms, nor on Swin's relative position tables; the same LR for heads
+    # optimiser: AdamW, Swin lr 1e-4 / wd 0.05, MiT and HAT-Net (PVT recipes) lr 2e-4 / wd 1e-4;
+    # no decay on MiT and Swin norms, nor on Swin's relative position tables; the same LR for
+    # heads
     assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.IMS_PER_BATCH == 16
     hp = hyperparams_by_name(model, build_optimizer(cfg, model))
     lr, wd = (1e-4, 0.05) if swin else (2e-4, 1e-4)
@@ -70,10 +77,19 @@ def test_config_builds_the_recipe(config):
         first = "backbone.bottom_up.layers.0.blocks.0."
         assert hp[first + "attn.qkv.weight"] == pytest.approx((lr, wd))
         assert hp[first + "attn.relative_position_bias_table"] == pytest.approx((lr, 0.0))
+    elif hatnet:
+        assert encoder.variant == name.split("hatnet_")[1][0].upper()
+        first = "backbone.bottom_up.blocks.0.0.attn."
+        assert hp[first + "qkv.weight"] == pytest.approx((lr, wd))
+        # PVT's recipe decays every parameter, GroupNorms included; the unused proj_norm is
+        # frozen, so it has no optimiser slot
+        assert hp[first + "norm.weight"] == pytest.approx((lr, wd))
+        assert first + "proj_norm.weight" not in hp
     else:
         first = "backbone.bottom_up.stages.0.blocks.0."
         assert hp[first + "attn.q.weight"] == pytest.approx((lr, wd))
-    assert hp[first + "norm1.weight"] == pytest.approx((lr, 0.0))
+    if not hatnet:
+        assert hp[first + "norm1.weight"] == pytest.approx((lr, 0.0))
     assert hp["roi_heads.box_head.fc1.weight"] == pytest.approx((lr, wd))
 
     three_x = name.endswith("_3x.yaml")

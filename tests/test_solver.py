@@ -16,7 +16,7 @@ def hyperparams_by_name(model, optimizer):
     for group in optimizer.param_groups:
         for p in group["params"]:
             by_id[id(p)] = (group["lr"], group["weight_decay"])
-    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+    return {name: by_id[id(p)] for name, p in model.named_parameters() if p.requires_grad}
 
 
 def test_param_groups_follow_the_segformer_recipe():

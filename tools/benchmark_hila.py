@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Params, fvcore GFLOPs and CPU latency of the MiT and Swin encoders and segmentors with and
-without HILA, printed as Markdown tables beside the numbers of design/hila.md §7 and §9.2.
+without HILA, and of HAT-Net T/S with Semantic FPN, printed as Markdown tables beside the
+numbers of design/hila.md §7 and §9.2 and design/hatnet.md §4.
 
 fvcore's FlopCountAnalysis counts one multiply-add as one FLOP, but it is not the official
 counting method (mmcv hooks plus analytic attention terms, hila.md §9.2 and §11 P14), so its
@@ -55,6 +56,7 @@ class Model:
     encoder_params: float  # §7 backbone total, M
     params: Dict[str, float]  # dataset -> §9.2 segmentor params, M
     gflops: Dict[Tuple[str, int, int], float]  # (dataset, H, W) -> §9.2 segmentor GFLOPs
+    encoder_gflops: Dict[Tuple[str, int, int], float]  # (dataset, H, W) -> encoder GFLOPs
 
 
 def _mit(key, label, base, ade, city, encoder_params, params, gflops) -> Model:
@@ -64,7 +66,7 @@ def _mit(key, label, base, ade, city, encoder_params, params, gflops) -> Model:
         {"ade": f"ade20k/semantic-segmentation/{ade}.yaml",
          "city": f"cityscapes/semantic-segmentation/{city}.yaml"},
         encoder_params, dict(zip(("ade", "city"), params)),
-        {("ade", 512, 512): gflops[0], ("city", 1024, 2048): gflops[1]},
+        {("ade", 512, 512): gflops[0], ("city", 1024, 2048): gflops[1]}, {},
     )  # fmt: skip
 
 
@@ -73,7 +75,18 @@ def _swin(key, label, config, encoder_params, params, gflops) -> Model:
     base = None if key == "upernet_swin_t" else "upernet_swin_t"
     return Model(
         key, label, "swin", base, {"ade": f"ade20k/semantic-segmentation/swin/{config}.yaml"},
-        encoder_params, {"ade": params}, gflops,
+        encoder_params, {"ade": params}, gflops, {},
+    )  # fmt: skip
+
+
+def _hatnet(variant, encoder_params, encoder_gflops) -> Model:
+    """A HAT-Net Semantic FPN model on ADE20K: hatnet.md §4's backbone params and fvcore total
+    at 224x224 (no official segmentor numbers exist)."""
+    key = f"semantic_fpn_hatnet_{variant}"
+    return Model(
+        key, f"HAT-Net-{variant.upper()} + Semantic FPN", "hatnet", None,
+        {"ade": f"ade20k/semantic-segmentation/hatnet/{key}_40k.yaml"}, encoder_params, {}, {},
+        {("ade", 224, 224): encoder_gflops},
     )  # fmt: skip
 
 
@@ -100,8 +113,19 @@ MODELS = [
           35.339, 67.76, {("ade", 512, 512): 263.6, ("ade", 512, 2048): 1063.7}),
     _swin("hila_upernet_swin_t_s234_nohilapretraining", "UperNet Swin-T + HILA, mlp-4 lower",
           "hila_upernet_swin_t_s234_160k_nohilapretraining", 36.115, 68.54, {}),
+    _hatnet("t", 12.270912, 2.146),
+    _hatnet("s", 25.234784, 4.576),
 ]  # fmt: skip
-GROUP_TITLES = {"mit": "MiT + SegFormer head", "swin": "Swin + UperNet"}
+GROUPS = ("mit", "swin", "hatnet")
+GROUP_TITLES = {
+    "mit": "MiT + SegFormer head", "swin": "Swin + UperNet", "hatnet": "HAT-Net + Semantic FPN",
+}  # fmt: skip
+# group -> (source of the spec's encoder params, of its encoder GFLOPs, of its segmentor numbers)
+GROUP_SOURCES = {
+    "mit": ("hila.md §7", OFFICIAL, OFFICIAL),
+    "swin": ("hila.md §7", OFFICIAL, OFFICIAL),
+    "hatnet": ("hatnet.md §4", "hatnet.md §4 fvcore", "none published"),
+}
 
 
 class Encoder(nn.Module):
@@ -228,11 +252,14 @@ def table_rows(
     return rows
 
 
-def print_table(title: str, params_source: str, rows: List[List[str]], notes: List[str]) -> None:
-    """A Markdown table (spec params from ``params_source``, spec GFLOPs from §9.2) + notes."""
+def print_table(
+    title: str, params_source: str, gflops_source: str, rows: List[List[str]], notes: List[str]
+) -> None:
+    """A Markdown table (spec params from ``params_source``, spec GFLOPs from
+    ``gflops_source``) + notes."""
     header = [
         "model", "params (M) ours", f"params (M) {params_source}", "GFLOPs fvcore",
-        f"GFLOPs {OFFICIAL}", "CPU latency (ms)", "Δ params (M) ours", "Δ GFLOPs fvcore",
+        f"GFLOPs {gflops_source}", "CPU latency (ms)", "Δ params (M) ours", "Δ GFLOPs fvcore",
         "latency ratio",
     ]  # fmt: skip
     print(f"\n### {title}\n")
@@ -275,6 +302,14 @@ def common_notes(args) -> List[str]:
 
 
 def encoder_notes(group: str) -> List[str]:
+    if group == "hatnet":
+        return [
+            "Encoder = backbone alone. Params spec: hatnet.md §4 backbone without classifier. "
+            "GFLOPs spec: hatnet.md §4's fvcore total (conv + attention matmuls + GroupNorm) of "
+            "the classification model at 224×224, shown at `--size 224 224` only (its "
+            "classifier adds 0.0004 G). HAT-Net's README FLOPs (2.0 / 4.3 G) leave out the "
+            "attention matmuls (§4).",
+        ]
     notes = [
         "Encoder = backbone alone. Params spec: hila.md §7 backbone totals (parameters, buffers "
         "excluded); §9.2 gives no encoder-only FLOPs."
@@ -289,6 +324,13 @@ def encoder_notes(group: str) -> List[str]:
 
 def segmentor_notes(group: str, dataset: str) -> List[str]:
     _, classes, _ = DATASETS[dataset]
+    if group == "hatnet":
+        return [
+            "Segmentor = HAT-Net FPN backbone (p2..p6, 256 channels) + detectron2's "
+            "SemSegFPNHead, one whole image (logits upsampled to the input size). HAT-Net "
+            "released no dense-prediction code or numbers (hatnet.md §6, §8), so there is no "
+            "spec column to compare with.",
+        ]
     notes = [
         f"GFLOPs {OFFICIAL}: mmcv hook counter (Linear, Conv, LayerNorm ×2, ReLU; 1 "
         "multiply-add = 1 FLOP; skips BN, GELU, softmax, matmul, interpolation) plus analytic "
@@ -345,7 +387,7 @@ def environment(args, size: Tuple[int, int]) -> List[str]:
 
 def select(args) -> List[Model]:
     """The models of ``--models`` and ``--only`` that have a config for ``--dataset``."""
-    groups = ("mit", "swin") if args.models == "all" else (args.models,)
+    groups = GROUPS if args.models == "all" else (args.models,)
     return [
         m
         for m in MODELS
@@ -355,12 +397,12 @@ def select(args) -> List[Model]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", choices=("mit", "swin", "all"), default="all")
+    parser.add_argument("--models", choices=(*GROUPS, "all"), default="all")
     parser.add_argument(
         "--dataset",
         choices=sorted(DATASETS),
         default="ade",
-        help="config family (classes); Swin has ADE20K configs only",
+        help="config family (classes); Swin and HAT-Net have ADE20K configs only",
     )
     parser.add_argument(
         "--size",
@@ -406,7 +448,7 @@ def main(argv=None) -> None:
     for line in environment(args, size):
         print(f"- {line}")
     if not models:
-        print("\nNo model matches the selection (Swin has ADE20K configs only).")
+        print("\nNo model matches the selection (Swin and HAT-Net have ADE20K configs only).")
         return
 
     torch.manual_seed(0)
@@ -415,29 +457,36 @@ def main(argv=None) -> None:
     for model in models:
         print(f"measuring {model.key} ...", file=sys.stderr, flush=True)
         built = build(model.configs[args.dataset])
+        encoder = getattr(built.backbone, "bottom_up", built.backbone)  # inside an FPN or bare
         results["encoder"][model.key] = measure(
-            Encoder(built.backbone), count_params(built.backbone), images, args
+            Encoder(encoder), count_params(encoder), images, args
         )
         results["segmentor"][model.key] = measure(
             Segmentor(built.backbone, built.sem_seg_head), count_params(built), images, args
         )
 
     title = DATASETS[args.dataset][0]
-    for group in ("mit", "swin"):
+    for group in GROUPS:
         members = [m for m in models if m.group == group]
         if not members:
             continue
+        params_source, encoder_gflops_source, segmentor_source = GROUP_SOURCES[group]
         encoders = results["encoder"]
         print_table(
             f"{GROUP_TITLES[group]}: encoders, {title}, {size[0]}×{size[1]}",
-            "hila.md §7",
-            table_rows(members, encoders, lambda m: m.encoder_params, lambda m: None),
+            params_source,
+            encoder_gflops_source,
+            table_rows(
+                members, encoders, lambda m: m.encoder_params,
+                lambda m: m.encoder_gflops.get((args.dataset, *size)),
+            ),
             encoder_notes(group) + common_notes(args) + skipped_note(members, encoders, args),
-        )
+        )  # fmt: skip
         segmentors = results["segmentor"]
         print_table(
             f"{GROUP_TITLES[group]}: segmentors, {title}, {size[0]}×{size[1]}",
-            OFFICIAL,
+            segmentor_source,
+            segmentor_source,
             table_rows(
                 members, segmentors, lambda m: m.params.get(args.dataset),
                 lambda m: m.gflops.get((args.dataset, *size)),

@@ -5,9 +5,12 @@ detectron2 checkpoint of a hila_d2 model, for ``MODEL.WEIGHTS``:
     python tools/convert_pretrained.py mit_b0.pth output/mit_b0.pkl
     python tools/convert_pretrained.py swin_base_patch4_window12_384.pth swin.pkl --window-size 12
     python tools/convert_pretrained.py B1_S234.pth output/hila_b1_s234.pkl
+    python tools/convert_pretrained.py HAT-Net_Small.pth output/hatnet_s_fpn.pkl --fpn
 
 DST ending in ``.pkl`` gets detectron2's model-zoo layout (numpy arrays, no name-matching
-heuristics); ``.pth`` gets ``{"model": tensors}``. It prints the config keys that build the model
+heuristics); ``.pth`` gets ``{"model": tensors}``. ``--fpn`` names the encoder weights as the
+``bottom_up`` of an FPN backbone (``build_*_fpn_backbone``: Mask R-CNN, Panoptic FPN, Semantic
+FPN) instead of a bare encoder backbone (SegFormer, UperNet). It prints the config keys that build the model
 the weights fit (``KEY VALUE`` lines for the YAML or the command line). Exits non-zero on
 unreadable or unknown files.
 """
@@ -45,19 +48,37 @@ def config_value(value) -> str:
     return value if isinstance(value, str) else repr(value).replace(" ", "")
 
 
-def write_checkpoint(result: ConversionResult, dst: str) -> None:
-    """Write ``result.model`` to ``dst`` (.pkl: detectron2 model-zoo dict; .pth: torch.save)."""
+BACKBONE = "backbone."
+FPN_ENCODER = "backbone.bottom_up."  # detectron2's FPN holds the encoder as its bottom_up
+
+
+def fpn_names(model: dict) -> dict:
+    """``backbone.X`` -> ``backbone.bottom_up.X`` for an encoder-only ``model``; ValueError if it
+    has weights outside the backbone (a trained segmentor's head, which no FPN model has)."""
+    other = sorted(name for name in model if not name.startswith(BACKBONE))
+    if other:
+        raise ValueError(
+            f"--fpn takes encoder-only (ImageNet) checkpoints, but this one also has "
+            f"{len(other)} head weights, e.g. {other[0]!r}"
+        )
+    return {FPN_ENCODER + name[len(BACKBONE) :]: tensor for name, tensor in model.items()}
+
+
+def write_checkpoint(result: ConversionResult, dst: str, fpn: bool = False) -> None:
+    """Write ``result.model`` to ``dst`` (.pkl: detectron2 model-zoo dict; .pth: torch.save),
+    under ``fpn_names`` if ``fpn``."""
+    model = fpn_names(result.model) if fpn else result.model
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     if dst.endswith(".pkl"):
         data = {
-            "model": {name: tensor.numpy() for name, tensor in result.model.items()},
+            "model": {name: tensor.numpy() for name, tensor in model.items()},
             "__author__": f"hila_d2 convert_pretrained ({result.source_format})",
             "matching_heuristics": False,
         }
         with open(dst, "wb") as f:
             pickle.dump(data, f)
     else:
-        torch.save({"model": result.model}, dst)
+        torch.save({"model": model}, dst)
 
 
 def main(argv=None) -> None:
@@ -69,6 +90,12 @@ def main(argv=None) -> None:
         type=int,
         help="Swin only: the model's MODEL.SWIN.WINDOW_SIZE (default 7); relative position "
         "tables of another window are resized bicubically",
+    )
+    parser.add_argument(
+        "--fpn",
+        action="store_true",
+        help="name the encoder weights for an FPN backbone (backbone.bottom_up.*), as the "
+        "Mask R-CNN, Panoptic FPN and Semantic FPN configs build it",
     )
     args = parser.parse_args(argv)
     if not args.dst.endswith((".pkl", ".pth")):
@@ -101,7 +128,10 @@ def main(argv=None) -> None:
     )
     if "MODEL.HILA.STAGES" in result.config:
         print(HILA_NOTE)
-    write_checkpoint(result, args.dst)
+    try:
+        write_checkpoint(result, args.dst, fpn=args.fpn)
+    except ValueError as e:
+        sys.exit(f"error: cannot convert {args.src!r}: {e}")
     print(f"wrote {args.dst}")
 
 

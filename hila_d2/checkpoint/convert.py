@@ -1,10 +1,11 @@
 """Official checkpoints -> state dicts of hila_d2 models: the formats, in detection order, and
 ``convert_checkpoint``, which detects the format and dispatches to its family's converter
-(``segformer``, ``swin``). Each converter returns a ``ConversionResult`` in the names of a
-detectron2 model with the config keys that model needs (see ``core``)."""
+(``segformer``, ``swin``, ``hatnet``). Each converter returns a ``ConversionResult`` in the
+names of a detectron2 model with the config keys that model needs (see ``core``)."""
 from typing import Any, Optional
 
 from .core import FORMATS, ConversionResult, Format, KeyReport, check_keys, detect_format
+from .hatnet import HATNET_DROPPED, convert_hatnet, hatnet_shapes, infer_hatnet_variant
 from .hila import HILA_FLAG, infer_hila_settings
 from .segformer import convert_segformer, infer_mit_variant, segformer_shapes
 from .swin import (
@@ -22,10 +23,13 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "check_keys",
     "convert_checkpoint",
+    "convert_hatnet",
     "convert_hila_swin",
     "convert_segformer",
     "convert_swin",
     "detect_format",
+    "hatnet_shapes",
+    "infer_hatnet_variant",
     "infer_hila_settings",
     "infer_mit_variant",
     "infer_swin_variant",
@@ -77,6 +81,13 @@ FORMATS.update(
             ),
             rf"head\..*|norm\..*|{SWIN_BUFFERS}",
             convert_swin,
+        ),
+        # official HAT-Net v2.0 ImageNet file HAT-Net_{Tiny,Small,Medium,Large}.pth: bare or
+        # {"model": ...}, possibly with DDP's "module." prefix; the classifier is dropped
+        "hatnet_imagenet": Format(
+            ("*patch_embed.3.weight", "*blocks.0.0.attn.grid_norm.weight"),
+            HATNET_DROPPED,
+            convert_hatnet,
         ),
     }
 )

@@ -1,5 +1,10 @@
 """Models; importing this package registers them with detectron2's registries."""
-from .backbone.fpn import build_mit_fpn_backbone, build_swin_fpn_backbone
+from .backbone.fpn import (
+    build_hatnet_fpn_backbone,
+    build_mit_fpn_backbone,
+    build_swin_fpn_backbone,
+)
+from .backbone.hatnet import HATNet, build_hatnet_backbone
 from .backbone.mit import MixVisionTransformer, build_mit_backbone
 from .backbone.swin import SwinTransformerBackbone, build_swin_backbone
 from .heads.segformer_head import SegFormerHead
@@ -11,8 +16,11 @@ __all__ = [
     "build_mit_backbone",
     "SwinTransformerBackbone",
     "build_swin_backbone",
+    "HATNet",
+    "build_hatnet_backbone",
     "build_mit_fpn_backbone",
     "build_swin_fpn_backbone",
+    "build_hatnet_fpn_backbone",
     "SegFormerHead",
     "UPerNetHead",
     "SlidingWindowSemanticSegmentor",

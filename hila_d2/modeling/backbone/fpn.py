@@ -9,10 +9,16 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from .hatnet import build_hatnet_backbone
 from .mit import build_mit_backbone
 from .swin import build_swin_backbone
 
-__all__ = ["build_encoder_fpn", "build_mit_fpn_backbone", "build_swin_fpn_backbone"]
+__all__ = [
+    "build_encoder_fpn",
+    "build_hatnet_fpn_backbone",
+    "build_mit_fpn_backbone",
+    "build_swin_fpn_backbone",
+]
 
 
 def build_encoder_fpn(cfg, bottom_up: Backbone, out_features_key: str) -> FPN:
@@ -48,3 +54,12 @@ def build_mit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 def build_swin_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """``MODEL.BACKBONE.NAME: build_swin_fpn_backbone``: FPN over Swin (``MODEL.SWIN.*``, HILA)."""
     return build_encoder_fpn(cfg, build_swin_backbone(cfg, input_shape), "MODEL.SWIN.OUT_FEATURES")
+
+
+@BACKBONE_REGISTRY.register()
+def build_hatnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """``MODEL.BACKBONE.NAME: build_hatnet_fpn_backbone``: FPN over HAT-Net (``MODEL.HATNET.*``,
+    HILA)."""
+    return build_encoder_fpn(
+        cfg, build_hatnet_backbone(cfg, input_shape), "MODEL.HATNET.OUT_FEATURES"
+    )

@@ -25,7 +25,7 @@ from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
 from ..hila import HILAPair, HILASettings, install_bottom_block_init, pair_tag
-from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features
+from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 
 __all__ = ["MIT_VARIANTS", "MixVisionTransformer", "build_mit_backbone"]
 
@@ -85,13 +85,8 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             depths: blocks per stage instead of the variant's (HILA's "B2" is (2, 2, 6, 2)).
             hila: HILA pairs and options; the default has none.
         """
-        if variant not in MIT_VARIANTS:
-            raise ValueError(
-                f"Unknown MiT variant {variant!r} (MODEL.MIT.VARIANT); "
-                f"choose one of {sorted(MIT_VARIANTS)}"
-            )
         check_out_features(out_features, "MODEL.MIT.OUT_FEATURES")
-        spec = MIT_VARIANTS[variant]
+        spec = variant_spec(MIT_VARIANTS, variant, "MiT", "MODEL.MIT.VARIANT")
         depths = tuple(depths or spec["depths"])
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"MODEL.MIT.DEPTHS needs 4 entries >= 1, got {list(depths)}")

@@ -1,11 +1,17 @@
-"""What the four-stage hierarchical encoders (MiT, Swin) share as detectron2 backbones: outputs
-``res2..res5`` at strides 4, 8, 16, 32, their ``output_shape`` and ``size_divisibility``."""
-from typing import Dict, Sequence
+"""What the four-stage hierarchical encoders (MiT, Swin, HAT-Net) share as detectron2 backbones: outputs
+``res2..res5`` at strides 4, 8, 16, 32, their ``output_shape`` and ``size_divisibility`` and ``padding_constraints``."""
+from typing import Any, Dict, Mapping, Sequence
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
-__all__ = ["PyramidBackbone", "STAGE_NAMES", "STAGE_STRIDES", "check_out_features"]
+__all__ = [
+    "PyramidBackbone",
+    "STAGE_NAMES",
+    "STAGE_STRIDES",
+    "check_out_features",
+    "variant_spec",
+]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -18,6 +24,15 @@ def check_out_features(out_features: Sequence[str], key: str) -> None:
         raise ValueError(
             f"{key} must be a non-empty subset of {list(STAGE_NAMES)}, got {list(out_features)}"
         )
+
+
+def variant_spec(variants: Mapping[str, Any], variant: str, family: str, key: str) -> Any:
+    """``variants[variant]``; ValueError naming ``key`` and the known variants otherwise."""
+    if variant not in variants:
+        raise ValueError(
+            f"Unknown {family} variant {variant!r} ({key}); choose one of {sorted(variants)}"
+        )
+    return variants[variant]
 
 
 class PyramidBackbone(Backbone):
@@ -40,3 +55,8 @@ class PyramidBackbone(Backbone):
         """Every input size runs (odd stage grids are padded internally); inputs padded to a
         multiple of 32 make every stage grid exact, as the official models expect."""
         return 32
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        """detectron2's batch padding rule: to a multiple of ``size_divisibility``, not square."""
+        return {"size_divisibility": self.size_divisibility, "square_size": 0}

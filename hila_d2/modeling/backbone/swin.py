@@ -39,7 +39,7 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from ..hila import HILAPair, HILASettings, init_hila_weights, install_bottom_block_init, pair_tag
-from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features
+from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 
 __all__ = [
     "SWIN_VARIANTS",
@@ -160,16 +160,11 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             in_chans: input image channels.
             hila: HILA pairs and options; the default has none.
         """
-        if variant not in SWIN_VARIANTS:
-            raise ValueError(
-                f"Unknown Swin variant {variant!r} (MODEL.SWIN.VARIANT); "
-                f"choose one of {sorted(SWIN_VARIANTS)}"
-            )
         if window_size < 1:
             raise ValueError(f"MODEL.SWIN.WINDOW_SIZE must be a positive int, got {window_size}")
         check_out_features(out_features, "MODEL.SWIN.OUT_FEATURES")
         hila.check(num_stages=len(STAGE_NAMES))
-        spec = SWIN_VARIANTS[variant]
+        spec = variant_spec(SWIN_VARIANTS, variant, "Swin", "MODEL.SWIN.VARIANT")
         super().__init__(
             in_chans=in_chans,
             num_classes=0,

@@ -121,6 +121,31 @@ def add_hila_config(cfg: CN) -> CN:
     # Windows run through the network together (memory vs. speed).
     cfg.TEST.SLIDING_WINDOW.WINDOWS_PER_BATCH = 1
 
+    # ---- HMSA, hierarchical multi-scale attention (Tao et al., 2020):
+    # META_ARCHITECTURE "HierarchicalMultiScaleSegmentor" around any backbone + semantic head
+    cfg.MODEL.HMSA = CN()
+    # Training scales: exactly two, one of them 1.0 (the crop as given, where the loss is taken);
+    # the lower one's attention weighs its logits against the 1.0 logits (paper: (0.5, 1.0)).
+    cfg.MODEL.HMSA.TRAIN_SCALES = (0.5, 1.0)
+    # Inference scales, chained hierarchically from the highest down; any number, must contain
+    # 1.0 (the output resolution). (1.0,) is the plain single-scale model. Cityscapes:
+    # (0.5, 1.0, 2.0); Mapillary: (0.25, 0.5, 1.0, 2.0).
+    cfg.MODEL.HMSA.TEST_SCALES = (0.5, 1.0, 2.0)
+    # Also run the horizontally flipped images and average the fused logits.
+    cfg.MODEL.HMSA.TEST_FLIP = False
+    # Attention head: width and number of its 3x3 conv + norm (MODEL.SEM_SEG_HEAD.NORM) + ReLU
+    # layers, dropout before its 1x1 conv (official: 256, 2, 0.0; 0.5 when dropout is on).
+    cfg.MODEL.HMSA.ATTN_CHANNELS = 256
+    cfg.MODEL.HMSA.ATTN_NUM_CONVS = 2
+    cfg.MODEL.HMSA.ATTN_DROPOUT = 0.0
+    # "": the attention reads the head's penultimate features (SegFormerHead, UPerNetHead and
+    # detectron2's SemSegFPNHead provide them); else the backbone feature of this name, needed
+    # for heads that provide only logits.
+    cfg.MODEL.HMSA.ATTN_IN_FEATURE = ""
+    # Weight of the cross-entropy of each training scale's own (unfused) logits, the official
+    # "supervised multi-scale loss" (Cityscapes recipes: 0.05); 0 adds no such loss.
+    cfg.MODEL.HMSA.SCALE_LOSS_WEIGHT = 0.0
+
     # ---- Boundary F-score (hila_d2.evaluation.BoundaryFScoreEvaluator), next to SemSegEvaluator
     cfg.TEST.BOUNDARY_FSCORE = CN()
     # Also evaluate the per-class boundary F-score of semantic predictions.

@@ -22,9 +22,16 @@ def load_config(config_file: str, *opts) -> CfgNode:
     return cfg
 
 
-def load_train_net():
-    """``train_net.py`` imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+def load_script(path: str):
+    """The script at ``path`` (relative to the repository, e.g. "tools/benchmark_hila.py")
+    imported as a module: scripts are not part of the package, and ``import tools`` would find
+    detectron2's own ``tools`` package."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_train_net():
+    """``train_net.py`` imported as a module."""
+    return load_script("train_net.py")

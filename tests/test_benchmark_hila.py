@@ -1,18 +1,12 @@
 """tools/benchmark_hila.py on its smallest setting: B0 and B0 + S3 at 64x64."""
 
-import importlib.util
-
 from detectron2.modeling import build_model
 
-from project_config import REPO, load_config
+from project_config import load_config, load_script
 
 
 def load_benchmark():
-    path = REPO / "tools" / "benchmark_hila.py"
-    spec = importlib.util.spec_from_file_location("benchmark_hila", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/benchmark_hila.py")
 
 
 def table_rows(output: str, title: str) -> dict:

@@ -1,7 +1,6 @@
 """hila_d2.checkpoint.convert and tools/convert_pretrained.py on random checkpoints in the
 official SegFormer layouts (no downloads): the MiT ImageNet file and the trained mmseg file."""
 
-import importlib.util
 import pickle
 import re
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from project_config import REPO, load_config
+from project_config import REPO, load_config, load_script
 
 from hila_d2.checkpoint.convert import (
     SUPPORTED_FORMATS,
@@ -188,11 +187,8 @@ def test_unmapped_or_malformed_keys_raise():
 
 @pytest.fixture(scope="module")
 def cli():
-    """tools/convert_pretrained.py as a module (``import tools`` finds detectron2's package)."""
-    spec = importlib.util.spec_from_file_location("convert_pretrained", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tools/convert_pretrained.py as a module."""
+    return load_script("tools/convert_pretrained.py")
 
 
 def _save_random_b0(tmp_path, layout: str):

@@ -1,13 +1,11 @@
 """Official HAT-Net v2.0 checkpoints (hatnet.md §5) -> hila_d2 HAT-Net: round trip of random
 official-layout state dicts in every outer format, variant inference, errors, and the CLI's
 --fpn output loading into a Mask R-CNN config with proj_norm still frozen."""
-import importlib.util
-
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from project_config import REPO, load_config
+from project_config import load_config, load_script
 from test_hatnet import SPEC, official_shapes
 
 from hila_d2.checkpoint.convert import convert_checkpoint, convert_hatnet, detect_format
@@ -79,10 +77,7 @@ def test_errors_name_the_problem():
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("convert_pretrained", REPO / "tools" / "convert_pretrained.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_pretrained.py")
 
 
 def test_cli_fpn_output_loads_into_mask_rcnn_and_keeps_proj_norm_frozen(tmp_path, cli, capsys):

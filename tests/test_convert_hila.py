@@ -2,13 +2,12 @@
 layouts (no downloads): trained MiT-HILA SegFormers, a HILA ImageNet file, a trained Swin-HILA
 UperNet with ratio-4 lower-level blocks; the config they need, format detection, errors, the CLI."""
 
-import importlib.util
 import re
 
 import pytest
 import torch
 from detectron2.modeling import build_model
-from project_config import REPO, load_config
+from project_config import load_config, load_script
 from test_convert import official_name as segformer_official_name
 from torch import nn
 
@@ -356,11 +355,7 @@ def test_swin_hila_errors(swin_official):
 def test_cli_prints_the_config_that_builds_the_model(tmp_path, swin_model, swin_official, capsys):
     """The printed KEY VALUE lines, appended to the command line of the official config, build a
     model that the written checkpoint loads into strictly."""
-    spec = importlib.util.spec_from_file_location(
-        "convert_pretrained", REPO / "tools" / "convert_pretrained.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/convert_pretrained.py")
     src, dst = tmp_path / "hila_swin_t.pth", tmp_path / "converted.pth"
     torch.save({"meta": {}, "state_dict": swin_official}, src)
     cli.main([str(src), str(dst)])

@@ -1,13 +1,12 @@
 """Official Swin ImageNet checkpoints -> hila_d2 Swin backbone: names, dropped and missing keys,
 variant and window inference, bicubic table resizing, format detection, errors and the CLI."""
 
-import importlib.util
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from project_config import REPO
+from project_config import load_script
 from timm.models.swin_transformer import SwinTransformer
 
 from hila_d2.checkpoint.convert import (
@@ -201,11 +200,7 @@ def test_unplaceable_or_malformed_keys_raise(reference):
 
 
 def test_cli_window_size(tmp_path, reference, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "convert_pretrained", REPO / "tools" / "convert_pretrained.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/convert_pretrained.py")
     src, dst = tmp_path / "swin_tiny_patch4_window7_224.pth", tmp_path / "swin_t.pth"
     torch.save({"model": official_state_dict(reference)}, src)
     cli.main([str(src), str(dst), "--window-size", "12"])

@@ -1,7 +1,6 @@
 """HILA assignment maps (design/hila.md §10): the capture of the last Top-Down iteration, the
 chains down and up the hierarchy against loop references, the rendering and the CLI
 tools/visualize_hila.py."""
-import importlib.util
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from hila_d2.utils.hila_attention_maps import (
     step_down,
     step_up,
 )
-from project_config import REPO
+from project_config import REPO, load_script
 
 CONFIG = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
 S234 = ("MODEL.HILA.STAGES", "[2, 3, 4]", "MODEL.DEVICE", "cpu")
@@ -275,11 +274,7 @@ def test_render_map_upsamples_normalises_blends_and_outlines():
 
 
 def load_tool():
-    path = REPO / "tools" / "visualize_hila.py"
-    spec = importlib.util.spec_from_file_location("visualize_hila", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/visualize_hila.py")
 
 
 @pytest.fixture(scope="module")

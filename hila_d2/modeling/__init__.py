@@ -7,8 +7,10 @@ from .backbone.fpn import (
 from .backbone.hatnet import HATNet, build_hatnet_backbone
 from .backbone.mit import MixVisionTransformer, build_mit_backbone
 from .backbone.swin import SwinTransformerBackbone, build_swin_backbone
+from .heads.scale_attention import ScaleAttentionHead
 from .heads.segformer_head import SegFormerHead
 from .heads.upernet_head import UPerNetHead
+from .meta_arch.hmsa import HierarchicalMultiScaleSegmentor
 from .meta_arch.sliding_window import SlidingWindowSemanticSegmentor
 
 __all__ = [
@@ -24,4 +26,6 @@ __all__ = [
     "SegFormerHead",
     "UPerNetHead",
     "SlidingWindowSemanticSegmentor",
+    "ScaleAttentionHead",
+    "HierarchicalMultiScaleSegmentor",
 ]

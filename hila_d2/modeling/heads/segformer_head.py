@@ -110,8 +110,10 @@ class SegFormerHead(nn.Module):
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
         }
 
-    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features by name (B, C_i, H_i, W_i) -> logits (B, K, H_0, W_0) at the finest level."""
+    def forward_features(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Features by name (B, C_i, H_i, W_i) -> ``{"logits": (B, K, H_0, W_0), "attn_feats":
+        (B, EMBED_DIM, H_0, W_0)}`` at the finest level; ``attn_feats`` is the classifier's input
+        (HMSA's scale attention reads it, hmsa.md §2.3)."""
         finest = features[self.in_features[0]].shape[-2:]
         embedded = []
         for name, embed in zip(self.in_features, self.embeds):
@@ -122,8 +124,12 @@ class SegFormerHead(nn.Module):
                 x = F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
             embedded.append(x)
         # coarsest level first, as SegFormer concatenates (c4, c3, c2, c1)
-        x = self.fuse(torch.cat(embedded[::-1], dim=1))
-        return self.predictor(self.dropout(x))
+        x = self.dropout(self.fuse(torch.cat(embedded[::-1], dim=1)))
+        return {"logits": self.predictor(x), "attn_feats": x}
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Features by name (B, C_i, H_i, W_i) -> logits (B, K, H_0, W_0) at the finest level."""
+        return self.forward_features(features)["logits"]
 
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
         logits = self.layers(features)

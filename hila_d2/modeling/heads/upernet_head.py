@@ -170,8 +170,8 @@ class UPerNetHead(nn.Module):
             "aux_loss_weight": head_cfg.AUX.LOSS_WEIGHT,
         }
 
-    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features by name (B, C_i, H_i, W_i) -> logits (B, K, H_0, W_0) at the finest level."""
+    def _classifier_input(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Features by name (B, C_i, H_i, W_i) -> the classifier's input (B, CH, H_0, W_0)."""
         xs = [features[name] for name in self.in_features]
         coarsest = xs[-1]
         pooled = [_resize(branch(coarsest), coarsest.shape[-2:]) for branch in self.ppm]
@@ -182,20 +182,35 @@ class UPerNetHead(nn.Module):
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
         finest = outs[0].shape[-2:]
         outs = [outs[0]] + [_resize(x, finest) for x in outs[1:]]
-        x = self.fpn_bottleneck(torch.cat(outs, dim=1))
-        return self.predictor(self.dropout(x))
+        return self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1)))
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Features by name (B, C_i, H_i, W_i) -> logits (B, K, H_0, W_0) at the finest level."""
+        return self.predictor(self._classifier_input(features))
+
+    def forward_features(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Features by name (B, C_i, H_i, W_i) -> ``{"logits": (B, K, H_0, W_0), "attn_feats":
+        (B, CH, H_0, W_0)}`` at the finest level, plus ``"aux_logits"`` (B, K, H_a, W_a) of the
+        auxiliary head in training when it exists; ``attn_feats`` is the classifier's input (HMSA's
+        scale attention reads it, hmsa.md §2.3)."""
+        x = self._classifier_input(features)
+        outputs = {"logits": self.predictor(x), "attn_feats": x}
+        if self.training and self.aux_head is not None:
+            outputs["aux_logits"] = self.aux_head(features[self.aux_in_feature])
+        return outputs
 
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
-        logits = self.layers(features)
+        outputs = self.forward_features(features)
         if self.training:
-            loss = semantic_segmentation_loss(logits, targets, self.ignore_value)
+            loss = semantic_segmentation_loss(outputs["logits"], targets, self.ignore_value)
             losses = {"loss_sem_seg": loss * self.loss_weight}
-            if self.aux_head is not None:
-                aux_logits = self.aux_head(features[self.aux_in_feature])
-                aux_loss = semantic_segmentation_loss(aux_logits, targets, self.ignore_value)
+            if "aux_logits" in outputs:
+                aux_loss = semantic_segmentation_loss(
+                    outputs["aux_logits"], targets, self.ignore_value
+                )
                 losses["loss_sem_seg_aux"] = aux_loss * self.aux_loss_weight
             return None, losses
         logits = F.interpolate(
-            logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
+            outputs["logits"], scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
         return logits, {}

@@ -1,0 +1,26 @@
+"""HMSA end to end through train_net.py on the built-in dataset: a short two-scale training run,
+scored by SemSegEvaluator at the config's test scales (0.5, 1.0, 2.0), clearly beats the same
+model untrained."""
+
+import json
+
+from test_train_builtin import run_train_net, saved_miou
+
+CONFIG = "configs/builtin/semantic-segmentation/hmsa_segformer_mit_b0.yaml"
+# 60 iterations (batch 8) at native scale with a higher LR than the config's 1000-iteration
+# recipe, to learn fast. Measured on 2 CPU cores (1 thread): 2.6 mIoU untrained,
+# 9.0 after this run (training is deterministic here), 62 s for both runs.
+SHORT_RUN = ["SOLVER.MAX_ITER", "60", "SOLVER.BASE_LR", "0.002", "SOLVER.WARMUP_ITERS", "10",
+             "INPUT.RESIZE_RATIO_RANGE", "(1.0, 1.0)"]  # fmt: skip
+MIN_GAIN = 3.0  # about half the measured gain
+
+
+def test_short_training_beats_the_untrained_model(tmp_path):
+    trained, untrained = tmp_path / "trained", tmp_path / "untrained"
+    run_train_net(*SHORT_RUN, "OUTPUT_DIR", str(trained), config=CONFIG)
+    run_train_net("--eval-only", "OUTPUT_DIR", str(untrained), config=CONFIG)
+    before, after = saved_miou(untrained), saved_miou(trained)
+    assert after >= before + MIN_GAIN, f"mIoU {before:.2f} untrained, {after:.2f} trained"
+    metrics = [json.loads(line) for line in (trained / "metrics.json").read_text().splitlines()]
+    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    assert losses[-1] < losses[0], f"training loss did not fall: {losses}"

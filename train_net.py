@@ -5,6 +5,7 @@
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CONFIG --resume           # continue from the last checkpoint
     python train_net.py --config-file CONFIG --num-gpus 8       # or --num-machines/--machine-rank/--dist-url
+    python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 """
 import logging
 import os
@@ -14,6 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as engine_defaults
 from detectron2.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -43,6 +45,22 @@ def _panoptic_sem_seg_matches(cfg, metadata) -> bool:
             cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         )
     return matches
+
+
+_create_ddp_model = engine_defaults.create_ddp_model
+
+
+def create_ddp_model(model, **kwargs):
+    """detectron2's ``create_ddp_model``, except that a model on CPU (``--num-gpus N`` with
+    ``MODEL.DEVICE cpu``: N processes over gloo) gets no ``device_ids``, which
+    DistributedDataParallel accepts for GPU modules only."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs.setdefault("device_ids", None)
+    return _create_ddp_model(model, **kwargs)
+
+
+# DefaultTrainer.__init__ wraps the model with this module-level function
+engine_defaults.create_ddp_model = create_ddp_model
 
 
 class Trainer(DefaultTrainer):

@@ -16,6 +16,7 @@ from torch import nn
 from ..heads.head_features import head_forward_features, penultimate_channels
 from ..heads.scale_attention import ScaleAttentionHead
 from ..heads.segformer_head import semantic_segmentation_loss
+from .inputs import check_image_channels
 
 __all__ = ["HierarchicalMultiScaleSegmentor", "fuse_hierarchically", "check_scales"]
 
@@ -200,6 +201,7 @@ class HierarchicalMultiScaleSegmentor(SemanticSegmentor):
 
     def _normalized_batch(self, images: List[torch.Tensor]) -> ImageList:
         """Images (3, H_i, W_i), 0-255 -> normalised and padded as ``SemanticSegmentor`` does."""
+        check_image_channels(images, self.pixel_mean.numel())
         return ImageList.from_tensors(
             [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images],
             self.backbone.size_divisibility,

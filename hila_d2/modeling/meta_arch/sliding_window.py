@@ -7,6 +7,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from .inputs import check_image_channels
+
 __all__ = ["SlidingWindowSemanticSegmentor", "sliding_window_boxes"]
 
 
@@ -67,6 +69,7 @@ class SlidingWindowSemanticSegmentor(SemanticSegmentor):
         return ret
 
     def forward(self, batched_inputs):
+        check_image_channels([x["image"] for x in batched_inputs], self.pixel_mean.numel())
         if self.training:
             return super().forward(batched_inputs)
         results = []

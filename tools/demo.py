@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Run a hila_d2 model on images or a video and draw its predictions over them:
+
+    python tools/demo.py --config-file CONFIG --input a.jpg b.png --output vis/ MODEL.WEIGHTS m.pkl
+    python tools/demo.py --config-file CONFIG --input photos/ --output vis/ MODEL.DEVICE cpu
+    python tools/demo.py --config-file CONFIG --input 'photos/*.jpg' --output vis/
+    python tools/demo.py --config-file CONFIG --input a.jpg --output a_vis.png
+    python tools/demo.py --config-file CONFIG --video-input clip.avi --output vis/
+
+Images are read whatever their channels (grayscale, 16-bit, palette, RGBA:
+``hila_d2.data.images.read_image_file``) and run as detectron2's ``DefaultPredictor`` runs them:
+MODEL.WEIGHTS loaded by ``DetectionCheckpointer``, resized by INPUT.MIN_SIZE_TEST /
+MAX_SIZE_TEST, predictions at the input's size. The drawing is the panoptic segmentation if the
+model outputs one (Panoptic FPN), else the instances (Mask R-CNN), else the semantic segmentation,
+with the class names and colours of DATASETS.TEST[0]. Each image gives ``OUTPUT/<name>.png`` (or
+the --output file ending in .png, for one image) at the image's size; a video gives
+``OUTPUT/<name>.mp4`` (or the --output file ending in .mp4): every frame drawn, at the video's
+frame rate, with instance colours kept from frame to frame.
+"""
+
+import argparse
+import glob
+import os
+import sys
+from collections import Counter
+from typing import List
+
+# the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import hila_d2  # noqa: E402
+from hila_d2.data.images import read_image_file  # noqa: E402
+
+# every file extension PIL reads (".png", ".jpg", ".tif", ...): the images taken from a folder
+IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, help="a model config (YAML)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input",
+        nargs="+",
+        help="image files, folders (their image files) or quoted glob patterns ('dir/*.jpg'); "
+        "put KEY VALUE overrides after --output, or they are taken for inputs",
+    )
+    source.add_argument("--video-input", help="a video file (anything OpenCV reads)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for the drawings (created); or, for one image, a file ending in .png; for "
+        "a video, a file ending in .mp4",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="lowest score of the instances drawn (instance and panoptic models)",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs, last"
+    )
+    return parser.parse_args(argv)
+
+
+def setup_config(args: argparse.Namespace):
+    """The frozen config: hila_d2's keys, the file, the confidence threshold, then ``opts``."""
+    cfg = get_cfg()
+    hila_d2.add_hila_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: append "
+            "MODEL.DEVICE cpu to the command"
+        )
+    if not cfg.DATASETS.TEST:
+        raise ValueError(
+            "DATASETS.TEST is empty: set it to a dataset whose metadata names the classes, "
+            "e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\""
+        )
+    return cfg
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def image_paths(inputs: List[str]) -> List[str]:
+    """``--input`` items (files, folders, glob patterns) -> image files, in the given order,
+    each folder's and pattern's sorted; ValueError for an item that gives none."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            names = sorted(os.listdir(item))
+            found = [os.path.join(item, n) for n in names if _extension(n) in IMAGE_EXTENSIONS]
+            problem = "no image files in this folder"
+        elif any(c in item for c in "*?["):
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+            problem = "no file matches this pattern"
+        else:
+            found = [item] if os.path.isfile(item) else []
+            problem = "no such file"
+        if not found:
+            raise ValueError(f"--input {item!r}: {problem}")
+        paths += found
+    return paths
+
+
+def image_outputs(paths: List[str], output: str) -> List[str]:
+    """The drawing's file for each image: ``output`` itself if it ends in .png (one image only),
+    else ``output/<image name>.png``; ValueError if two images would share a file."""
+    if _extension(output) == ".png":
+        if len(paths) != 1:
+            raise ValueError(
+                f"--output {output!r} is one file but there are {len(paths)} images: give a folder"
+            )
+        return [output]
+    names = [os.path.splitext(os.path.basename(p))[0] + ".png" for p in paths]
+    shared = sorted(name for name, count in Counter(names).items() if count > 1)
+    if shared:
+        raise ValueError(
+            f"several inputs would be drawn to {os.path.join(output, shared[0])}: rename them or "
+            "run them separately"
+        )
+    return [os.path.join(output, name) for name in names]
+
+
+def draw_predictions(
+    visualizer: VideoVisualizer, image: np.ndarray, predictions: dict
+) -> np.ndarray:
+    """RGB image (H, W, 3) uint8 and the model's outputs for it -> (H, W, 3) uint8 RGB drawing
+    of ``panoptic_seg`` if there is one, else of ``instances``, else of ``sem_seg``.
+    detectron2's ``VideoVisualizer`` draws each with ``Visualizer`` and keeps the colours of
+    instances it saw in earlier frames."""
+    if "panoptic_seg" in predictions:
+        panoptic, segments = predictions["panoptic_seg"]
+        drawn = visualizer.draw_panoptic_seg_predictions(image, panoptic.cpu(), segments)
+    elif "instances" in predictions:
+        drawn = visualizer.draw_instance_predictions(image, predictions["instances"].to("cpu"))
+    elif "sem_seg" in predictions:
+        drawn = visualizer.draw_sem_seg(image, predictions["sem_seg"].argmax(dim=0).cpu())
+    else:
+        raise ValueError(
+            f"the model outputs {sorted(predictions)}; the demo draws panoptic_seg, instances "
+            "or sem_seg"
+        )
+    return drawn.get_image()
+
+
+def run_images(predictor: DefaultPredictor, metadata, paths: List[str], outputs: List[str]) -> None:
+    """Draw the predictions of every image in ``paths`` to its file in ``outputs`` (PNG)."""
+    os.makedirs(os.path.dirname(os.path.abspath(outputs[0])), exist_ok=True)  # one folder
+    for path, output in zip(tqdm(paths, unit="image"), outputs):
+        image = read_image_file(path, format="BGR")  # DefaultPredictor takes BGR
+        # a fresh VideoVisualizer draws one image as detectron2's Visualizer does
+        drawing = draw_predictions(VideoVisualizer(metadata), image[:, :, ::-1], predictor(image))
+        if not cv2.imwrite(output, np.ascontiguousarray(drawing[:, :, ::-1])):
+            raise ValueError(f"--output: OpenCV cannot write {output!r}")
+
+
+def video_output(path: str, output: str) -> str:
+    """The mp4 file for the video ``path``: ``output`` if it ends in .mp4, else
+    ``output/<video name>.mp4``."""
+    if _extension(output) == ".mp4":
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
+
+
+def run_video(predictor: DefaultPredictor, metadata, path: str, output: str) -> int:
+    """Draw the predictions of every frame of the video ``path`` into the mp4 ``output``;
+    returns the number of frames."""
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise ValueError(f"--video-input {path!r}: OpenCV cannot read it as a video")
+    size = (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    fps = video.get(cv2.CAP_PROP_FPS) or 30.0  # 0 when the file does not say
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    visualizer = VideoVisualizer(metadata)  # one for the whole video: instance colours persist
+    frames = 0
+    try:
+        if not writer.isOpened():
+            raise ValueError(f"--output {output!r}: OpenCV cannot write an mp4 video there")
+        total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # None: unknown
+        with tqdm(total=total, unit="frame") as progress:
+            ok, frame = video.read()  # (H, W, 3) uint8 BGR
+            while ok:
+                drawing = draw_predictions(visualizer, frame[:, :, ::-1], predictor(frame))
+                writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
+                frames += 1
+                progress.update()
+                ok, frame = video.read()
+    finally:
+        video.release()
+        writer.release()
+    if not frames:
+        raise ValueError(f"--video-input {path!r}: no frame could be read")
+    return frames
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = setup_config(args)
+    if args.video_input:
+        if not os.path.isfile(args.video_input):
+            raise ValueError(f"--video-input {args.video_input!r}: no such file")
+        output = video_output(args.video_input, args.output)
+    else:
+        paths = image_paths(args.input)
+        outputs = image_outputs(paths, args.output)
+    if not cfg.MODEL.WEIGHTS:
+        print(
+            "warning: MODEL.WEIGHTS is empty, the model is randomly initialised: "
+            "the drawings show untrained predictions",
+            file=sys.stderr,
+        )
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    if args.video_input:
+        frames = run_video(predictor, metadata, args.video_input, output)
+        print(f"wrote {output} ({frames} frames)")
+    else:
+        run_images(predictor, metadata, paths, outputs)
+        print(f"wrote {len(outputs)} drawing(s), e.g. {outputs[0]}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:
+        sys.exit(f"error: {e}")

@@ -11,8 +11,6 @@ import logging
 import os
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as engine_defaults
@@ -26,6 +24,7 @@ from detectron2.evaluation import (
 from detectron2.utils.logger import setup_logger
 
 import hila_d2
+from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.data.mappers import build_train_mapper
 from hila_d2.evaluation import BoundaryFScoreEvaluator
 from hila_d2.solver import build_lr_scheduler, build_optimizer
@@ -64,7 +63,21 @@ engine_defaults.create_ddp_model = create_ddp_model
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's trainer with hila_d2's mapper, optimiser, schedule and evaluators."""
+    """detectron2's trainer with hila_d2's mapper, optimiser, schedule, evaluators and
+    checkpointer."""
+
+    def build_hooks(self):
+        """detectron2's hooks, after ``self.checkpointer`` (built just before, and saved through
+        by the periodic checkpointer hook) became a ``ValidatingCheckpointer``: MODEL.WEIGHTS
+        must fit the model up to MODEL.WEIGHTS_OPTIONAL_KEYS, a resumed checkpoint entirely."""
+        checkpointer = self.checkpointer
+        self.checkpointer = ValidatingCheckpointer(
+            checkpointer.model,
+            checkpointer.save_dir,
+            optional_keys=self.cfg.MODEL.WEIGHTS_OPTIONAL_KEYS,
+            **checkpointer.checkpointables,
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -114,12 +127,9 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    """Config from defaults + hila_d2 keys + the file + command-line overrides."""
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    """Config from defaults + hila_d2 keys + the file + command-line overrides, validated."""
+    cfg = hila_d2.load_config(args.config_file, args.opts)
+    hila_d2.validate_config(cfg)  # before anything is written, built or loaded
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hila_d2")
     return cfg
@@ -129,9 +139,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        ValidatingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        )  # every key must match: no module of an evaluated model keeps its initialisation
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -1,7 +1,21 @@
-"""The project's config keys: ``add_hila_config(cfg)`` adds them to a detectron2 ``CfgNode``."""
-from detectron2.config import CfgNode as CN
+"""The project's config keys: ``add_hila_config(cfg)`` adds them to a detectron2 ``CfgNode``;
+``load_config`` merges a YAML file and overrides over them."""
+from typing import Sequence
 
-__all__ = ["add_hila_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_hila_config", "load_config"]
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """detectron2's defaults with hila_d2's keys, then ``config_file``, then ``opts`` (``KEY
+    VALUE`` pairs, as on a command line), frozen."""
+    cfg = add_hila_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
 
 
 def add_hila_config(cfg: CN) -> CN:
@@ -175,6 +189,26 @@ def add_hila_config(cfg: CN) -> CN:
     # Crops are detectron2's INPUT.CROP.{ENABLED,TYPE,SIZE}, retried (up to 10 times) while one
     # category covers more than this fraction of the crop (SegFormer: 0.75; 1.0 = no constraint).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+    # ---- Loading MODEL.WEIGHTS (hila_d2.checkpoint.loading.ValidatingCheckpointer)
+    # A key of the model that the checkpoint lacks, a checkpoint key the model lacks and a tensor
+    # of another shape are errors, except, when a training run starts from MODEL.WEIGHTS, for
+    # model keys matching these patterns (fnmatch, * = anything): modules that initialisation
+    # weights lack or shape differently, which keep their initialisation. The defaults: decode
+    # and detection heads (new, or for another class count), HMSA's scale attention, FPN layers,
+    # HILA pairs over plain-encoder weights and the stage norms ImageNet Swin files lack.
+    # --resume and --eval-only ignore them: every key must match.
+    cfg.MODEL.WEIGHTS_OPTIONAL_KEYS = [
+        "sem_seg_head.*",
+        "proposal_generator.*",
+        "roi_heads.*",
+        "scale_attn.*",
+        "backbone.fpn_*",
+        "backbone.hila.*",
+        "backbone.bottom_up.hila.*",
+        "backbone.norm[0-3].*",
+        "backbone.bottom_up.norm[0-3].*",
+    ]
 
     # ---- Optimiser and schedule (hila_d2.solver)
     # The defaults are detectron2's (SGD, one LR), so stock detectron2 configs train as they do

@@ -17,6 +17,7 @@ from hila_d2.checkpoint.convert import (
     infer_swin_variant,
 )
 from hila_d2.modeling.backbone.swin import SWIN_VARIANTS, SwinTransformerBackbone
+from hila_d2.utils.references import timm_swin
 
 NORMS = sorted(f"backbone.norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
 # hand-written official -> hila_d2 pairs
@@ -35,16 +36,7 @@ SPOT_CHECKS = {
 @pytest.fixture(scope="module")
 def reference():
     """timm's Swin-T (windows never clamped, any input size) with random weights, eval mode."""
-    spec = SWIN_VARIANTS["T"]
-    model = SwinTransformer(
-        embed_dim=spec["embed_dim"],
-        depths=spec["depths"],
-        num_heads=spec["num_heads"],
-        always_partition=True,
-        strict_img_size=False,
-        num_classes=0,
-        drop_path_rate=0.0,
-    ).eval()
+    model = timm_swin("T", num_classes=0, drop_path_rate=0.0).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

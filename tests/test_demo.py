@@ -93,7 +93,8 @@ class FixedPredictor:
     IMAGES = []
 
     def __init__(self, cfg):
-        pass
+        assert not cfg.MODEL.WEIGHTS  # demo.py loads them itself, with ValidatingCheckpointer
+        self.model = torch.nn.Module()
 
     def __call__(self, image):
         self.IMAGES.append(image)

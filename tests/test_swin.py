@@ -8,7 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
+from timm.models.swin_transformer import SwinTransformerBlock
 
 import hila_d2
 from hila_d2.modeling.backbone.swin import (
@@ -17,6 +17,7 @@ from hila_d2.modeling.backbone.swin import (
     SwinTransformerBackbone,
 )
 from hila_d2.solver import build_param_groups
+from hila_d2.utils.references import TimmSwinStages, timm_swin
 
 NAMES = ("res2", "res3", "res4", "res5")
 # Swin-T: timm's swin_tiny (28,288,354) - classifier (769,000) - final norm (1,536) + norm0..3
@@ -31,19 +32,6 @@ def swin_cfg(variant="T", **overrides):
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg
-
-
-def timm_swin(variant: str, **kwargs) -> SwinTransformer:
-    """timm's Swin of ``variant`` that never clamps its windows and takes any input size."""
-    spec = SWIN_VARIANTS[variant]
-    return SwinTransformer(
-        embed_dim=spec["embed_dim"],
-        depths=spec["depths"],
-        num_heads=spec["num_heads"],
-        always_partition=True,
-        strict_img_size=False,
-        **kwargs,
-    )
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
@@ -80,12 +68,11 @@ def t_pair():
 def test_equals_timm_when_every_grid_is_a_multiple_of_the_window(t_pair, size):
     reference, backbone = t_pair
     images = torch.randn(1, 3, *size)
+    with_norms = TimmSwinStages(reference, [getattr(backbone, f"norm{i}") for i in range(4)])
     with torch.no_grad():
-        stages = reference.forward_intermediates(images, intermediates_only=True)  # NCHW
+        stages = with_norms(images)  # NCHW, after copies of our norm0..3
         outputs = backbone(images)
-    for i, (name, stage) in enumerate(zip(NAMES, stages)):
-        norm = getattr(backbone, f"norm{i}")
-        expected = norm(stage.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    for name, expected in zip(NAMES, stages):
         assert outputs[name].shape == expected.shape
         assert (outputs[name] - expected).abs().max() <= 1e-4, name
 

@@ -12,9 +12,7 @@ import argparse
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -30,6 +28,7 @@ from fvcore.nn.jit_handles import get_shape  # noqa: E402
 from torch import nn  # noqa: E402
 
 import hila_d2  # noqa: E402
+from hila_d2.utils.profiling import device_name, median_step_ms  # noqa: E402
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DATASETS = {  # name -> (title, classes, default input size)
@@ -199,12 +198,7 @@ def median_latency_ms(module: nn.Module, images: torch.Tensor, warmup: int, repe
     """Median wall time of ``repeats`` forward passes after ``warmup`` untimed ones."""
     for _ in range(warmup):
         module(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_step_ms(lambda: module(images), images.device, repeats)
 
 
 @torch.no_grad()
@@ -370,17 +364,12 @@ def segmentor_notes(group: str, dataset: str) -> List[str]:
 
 def environment(args, size: Tuple[int, int]) -> List[str]:
     """Versions, CPU, threads and input, one line each."""
-    cpu = platform.processor() or "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     title, classes, _ = DATASETS[args.dataset]
     return [
         f"torch {torch.__version__}, detectron2 {detectron2.__version__}, Python "
         f"{platform.python_version()}",
-        f"CPU: {cpu} ({os.cpu_count()} logical CPUs visible), torch threads: "
-        f"{torch.get_num_threads()}",
+        f"CPU: {device_name(torch.device('cpu'))} ({os.cpu_count()} logical CPUs visible), "
+        f"torch threads: {torch.get_num_threads()}",
         f"input: 1×3×{size[0]}×{size[1]} random fp32, {title} configs ({classes} classes)",
     ]
 

@@ -20,9 +20,7 @@ max_memory_allocated on a GPU, the CPU allocator's events recorded by torch.prof
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +32,12 @@ import torch.nn.functional as F  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import hila_d2  # noqa: E402
 from hila_d2.modeling import HierarchicalMultiScaleSegmentor  # noqa: E402
 from hila_d2.modeling.heads.segformer_head import semantic_segmentation_loss  # noqa: E402
 from hila_d2.modeling.meta_arch.hmsa import check_scales  # noqa: E402
+from hila_d2.utils.profiling import markdown_table, median_step_ms, peak_step_memory  # noqa: E402
 
 DEFAULT_CONFIG = "configs/builtin/semantic-segmentation/hmsa_segformer_mit_b0.yaml"
 MIB = 2**20
@@ -120,38 +118,6 @@ def training_step(module: nn.Module, loss_fn: Callable, optimizer, images, targe
     optimizer.zero_grad(set_to_none=True)
 
 
-def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
-    """Bytes allocated at the peak of ``step()`` above those allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
-
-
-def median_step_ms(step: Callable[[], None], device: torch.device, iterations: int) -> float:
-    """Median wall time of ``iterations`` calls of ``step()``."""
-    times = []
-    for _ in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def measure(module: nn.Module, loss_fn: Callable, images, targets, args) -> Tuple[float, float]:
     """(peak MiB, median ms) of a training step of ``module`` after ``args.warmup`` steps (which
     also allocate the SGD momentum)."""
@@ -167,6 +133,7 @@ def measure(module: nn.Module, loss_fn: Callable, images, targets, args) -> Tupl
 
 
 def table(rows: List[List[str]]) -> str:
+    """The Markdown table of the variants' rows."""
     header = [
         "training",
         "scales",
@@ -175,8 +142,7 @@ def table(rows: List[List[str]]) -> str:
         "peak memory (MiB)",
         "step time (ms)",
     ]
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    return markdown_table(header, rows)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,7 +9,7 @@
 
 Images are read whatever their channels (grayscale, 16-bit, palette, RGBA:
 ``hila_d2.data.images.read_image_file``) and run as detectron2's ``DefaultPredictor`` runs them:
-MODEL.WEIGHTS loaded by ``DetectionCheckpointer``, resized by INPUT.MIN_SIZE_TEST /
+MODEL.WEIGHTS loaded by ``hila_d2.checkpoint.loading.ValidatingCheckpointer``, resized by INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST, predictions at the input's size. The drawing is the panoptic segmentation if the
 model outputs one (Panoptic FPN), else the instances (Mask R-CNN), else the semantic segmentation,
 with the class names and colours of DATASETS.TEST[0]. Each image gives ``OUTPUT/<name>.png`` (or
@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
@@ -39,6 +38,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import hila_d2  # noqa: E402
+from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
 from hila_d2.data.images import read_image_file  # noqa: E402
 
 # every file extension PIL reads (".png", ".jpg", ".tif", ...): the images taken from a folder
@@ -76,14 +76,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup_config(args: argparse.Namespace):
     """The frozen config: hila_d2's keys, the file, the confidence threshold, then ``opts``."""
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    thresholds = [
+        key_value
+        for key in (
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+        )
+        for key_value in (key, str(args.confidence_threshold))
+    ]
+    cfg = hila_d2.load_config(args.config_file, [*thresholds, *args.opts])
+    hila_d2.validate_config(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: append "
@@ -94,6 +97,16 @@ def setup_config(args: argparse.Namespace):
             "DATASETS.TEST is empty: set it to a dataset whose metadata names the classes, "
             "e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\""
         )
+    return cfg
+
+
+def _without_weights(cfg):
+    """``cfg`` with MODEL.WEIGHTS empty: DefaultPredictor then builds the model without loading,
+    which ValidatingCheckpointer does with its checks."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
     return cfg
 
 
@@ -230,7 +243,8 @@ def main(argv=None) -> None:
             "the drawings show untrained predictions",
             file=sys.stderr,
         )
-    predictor = DefaultPredictor(cfg)
+    predictor = DefaultPredictor(_without_weights(cfg))
+    ValidatingCheckpointer(predictor.model).load(cfg.MODEL.WEIGHTS)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     if args.video_input:
         frames = run_video(predictor, metadata, args.video_input, output)

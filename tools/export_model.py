@@ -21,11 +21,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import hila_d2  # noqa: E402
+from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
 from hila_d2.export import (  # noqa: E402
     ONNX_OPSET,
     eager_sem_seg,
@@ -54,11 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_config(args: argparse.Namespace):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = hila_d2.load_config(args.config_file, args.opts)
+    hila_d2.validate_config(cfg)
     return cfg
 
 
@@ -68,7 +64,7 @@ def main(argv=None) -> float:
     cfg = setup_config(args)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        ValidatingCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         print(
             "warning: MODEL.WEIGHTS is empty, exporting a randomly initialised model",

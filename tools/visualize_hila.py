@@ -24,14 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import detection_utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 
 import hila_d2  # noqa: E402
+from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
 from hila_d2.utils.hila_attention_maps import (  # noqa: E402
     chain_down,
     compute_assignments,
@@ -70,11 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_config(args: argparse.Namespace):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = hila_d2.load_config(args.config_file, args.opts)
+    hila_d2.validate_config(cfg)
     return cfg
 
 
@@ -82,7 +78,7 @@ def load_model(cfg) -> torch.nn.Module:
     """The config's model in eval mode with MODEL.WEIGHTS loaded (warns when there are none)."""
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        ValidatingCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         print(
             "warning: MODEL.WEIGHTS is empty, the model is randomly initialised: "

@@ -2,6 +2,6 @@
 
 ``convert`` is the entry point (``convert_checkpoint``, ``SUPPORTED_FORMATS``); ``core`` holds the
 shared machinery, ``segformer`` and ``swin`` the converters of each family, ``hila`` the HILA pair
-names both use.
+names both use; ``loading`` the checkpointer that refuses checkpoints that do not fit a model.
 """
 from . import convert  # noqa: F401  (fills core.FORMATS in detection order)

@@ -1,4 +1,5 @@
-"""Official SegFormer (MiT) and HILA-SegFormer checkpoints -> hila_d2 SegFormer names."""
+"""Official SegFormer (MiT) and HILA-SegFormer checkpoints -> hila_d2 SegFormer names, and HF
+transformers' Segformer weights -> the official layouts."""
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -20,7 +21,7 @@ from .core import (
 )
 from .hila import hila_config, hila_param_name, infer_hila_settings
 
-__all__ = ["convert_segformer", "infer_mit_variant", "segformer_shapes"]
+__all__ = ["convert_segformer", "hf_segformer_to_official", "infer_mit_variant", "segformer_shapes"]
 
 
 # SegFormer decode head (mmseg "decode_head.…") -> SegFormerHead
@@ -35,6 +36,25 @@ _MIT_HILA_KEY = re.compile(
     r"(?P<module>topdown|bottomup|prevblock|prevnorm)\.(?P<tag>\d+)\.(?P<rest>.+)"
 )
 _BLOCK_NORM1 = re.compile(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.weight")
+
+# HF transformers (5.x) Segformer block-local name prefix -> NVlabs MiT block-local name prefix
+# (k_proj and v_proj are fused into kv)
+_HF_BLOCK_RENAMES = {
+    "layernorm_before.": "norm1.",
+    "attention.q_proj.": "attn.q.",
+    "attention.o_proj.": "attn.proj.",
+    "attention.sequence_reduction.sequence_reduction.": "attn.sr.",
+    "attention.sequence_reduction.layer_norm.": "attn.norm.",
+    "layernorm_after.": "norm2.",
+    "mlp.": "mlp.",  # fc1, dwconv.dwconv, fc2 keep their names
+}
+# HF decode-head name prefix -> mmseg SegFormer decode-head name prefix
+_HF_HEAD_RENAMES = {
+    **{f"linear_projections.{i}.": f"linear_c{i + 1}." for i in range(4)},
+    "linear_fuse.": "linear_fuse.conv.",
+    "batch_norm.": "linear_fuse.bn.",
+    "classifier.": "linear_pred.",
+}
 
 
 def segformer_shapes(
@@ -88,6 +108,57 @@ def _rename_mit(key: str) -> str:
     """NVlabs MiT name -> timm PVTv2 name (``MixVisionTransformer``'s), by timm's own renaming."""
     (renamed,) = pvt_v2_checkpoint_filter_fn({key: None}, None)
     return renamed
+
+
+def _replace_prefix(name: str, renames: Mapping[str, str]) -> str:
+    old = next(old for old in renames if name.startswith(old))
+    return renames[old] + name[len(old) :]
+
+
+def _official_mit_name(name: str) -> Optional[str]:
+    """HF encoder name ``stages.{i}.…`` -> NVlabs MiT name; None for ``attention.v_proj``, which
+    goes into ``attn.kv`` with ``attention.k_proj``."""
+    stage, rest = re.fullmatch(r"stages\.(\d)\.(.+)", name).groups()
+    i = int(stage) + 1
+    if rest.startswith("patch_embeddings."):
+        return f"patch_embed{i}." + rest[len("patch_embeddings.") :].replace("layer_norm.", "norm.")
+    if rest.startswith("layer_norm."):
+        return f"norm{i}.{rest[len('layer_norm.'):]}"
+    block, local = re.fullmatch(r"blocks\.(\d+)\.(.+)", rest).groups()
+    if local.startswith("attention.v_proj."):
+        return None
+    if local.startswith("attention.k_proj."):
+        return f"block{i}.{block}.attn.kv.{local.rsplit('.', 1)[1]}"
+    return f"block{i}.{block}.{_replace_prefix(local, _HF_BLOCK_RENAMES)}"
+
+
+def hf_segformer_to_official(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """HF transformers (5.x) Segformer weights -> the official layouts ``convert_segformer``
+    reads.
+
+    ``hf_state`` is either a ``SegformerModel`` state dict (``stages.{i}.patch_embeddings|
+    blocks.{j}|layer_norm.…``, i = 0..3), returned as a bare NVlabs MiT ImageNet state dict
+    (``patch_embed{i+1}.…``, ``block{i+1}.{j}.…``, ``norm{i+1}.…``), or a
+    ``SegformerForSemanticSegmentation`` state dict (the same behind ``segformer.``, plus
+    ``decode_head.linear_projections.{k}|linear_fuse|batch_norm|classifier.…``), returned as an
+    mmseg SegFormer state dict (``backbone.`` + the MiT names, ``decode_head.linear_c{k+1}|
+    linear_fuse.conv|linear_fuse.bn|linear_pred.…``). HF's separate K and V projections become
+    the rows of ``attn.kv`` ([:C] = K, [C:] = V).
+    """
+    official = {}
+    for name, value in hf_state.items():
+        if name.startswith("decode_head."):
+            local = name[len("decode_head.") :]
+            official["decode_head." + _replace_prefix(local, _HF_HEAD_RENAMES)] = value
+            continue
+        prefix = "backbone." if name.startswith("segformer.") else ""
+        official_name = _official_mit_name(name[len("segformer.") :] if prefix else name)
+        if official_name is None:
+            continue
+        if official_name.split(".")[-2] == "kv":
+            value = torch.cat([value, hf_state[name.replace("k_proj", "v_proj")]])
+        official[prefix + official_name] = value
+    return official
 
 
 def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:

@@ -42,7 +42,7 @@ BAD_KEYS = [
     (HMSA, "MODEL.HMSA.ATTN_IN_FEATURE", "'res7'", r"MODEL\.HMSA\.ATTN_IN_FEATURE 'res7'.*\['res2', 'res3', 'res4', 'res5'\]"),
     # names that no registry holds
     (SEGFORMER, "MODEL.BACKBONE.NAME", "build_mitt_backbone", r"MODEL\.BACKBONE\.NAME is 'build_mitt_backbone'.*'build_mit_backbone'"),
-    (SEGFORMER, "MODEL.SEM_SEG_HEAD.NAME", "SegformerHead", r"MODEL\.SEM_SEG_HEAD\.NAME .*\['SegFormerHead', 'SemSegFPNHead', 'UPerNetHead'\]"),
+    (SEGFORMER, "MODEL.SEM_SEG_HEAD.NAME", "SegformerHead", r"MODEL\.SEM_SEG_HEAD\.NAME .*choose one of \[.*'SegFormerHead', 'SemSegFPNHead', 'UPerNetHead'"),
     (SEGFORMER, "MODEL.META_ARCHITECTURE", "SemanticSegmenter", r"MODEL\.META_ARCHITECTURE .*'SemanticSegmentor'"),
     (MASK_RCNN, "MODEL.ROI_HEADS.NAME", "MaskROIHeads", r"MODEL\.ROI_HEADS\.NAME .*'StandardROIHeads'"),
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "PATCH_POSITIONS",
     "TopDownAttention",
     "TopDownBlock",
+    "attach_hila_pairs",
     "attention_weights",
     "candidate_parents",
     "hila_schedule",
@@ -531,3 +532,22 @@ def install_bottom_block_init(
             logger.info("HILA pair %s: lower-level block initialised from %s", tag, lower_blocks[tag])
 
     encoder.register_load_state_dict_post_hook(hook)
+
+
+def attach_hila_pairs(
+    encoder: nn.Module,
+    hila: HILASettings,
+    build_pair: Callable[[int], HILAPair],
+    lower_block: Callable[[int], str],
+) -> None:
+    """Give ``encoder`` its HILA pairs as ``encoder.hila`` (a ModuleDict by ``pair_tag``, empty
+    without pairs), ``build_pair(top)`` building the pair whose upper stage is ``top``; with
+    ``hila.init_bottom_from_lower_stage``, also ``install_bottom_block_init`` with
+    ``lower_block(top)``, the name in ``encoder`` of the last block of stage ``top - 1``."""
+    encoder.hila = nn.ModuleDict({pair_tag(top): build_pair(top) for top in sorted(hila.stages)})
+    if hila.init_bottom_from_lower_stage:
+        install_bottom_block_init(
+            encoder,
+            dict(encoder.hila.items()),
+            {pair_tag(top): lower_block(top) for top in hila.stages},
+        )

@@ -30,7 +30,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, install_bottom_block_init, pair_tag
+from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 
 __all__ = [
@@ -391,15 +391,12 @@ class HATNet(PyramidBackbone):
         for i in range(1, len(STAGE_NAMES)):
             self.add_module(f"ds{i + 1}", Downsample(dims[i - 1], dims[i]))
         self.apply(init_hatnet_weights)
-        self.hila = nn.ModuleDict(
-            {pair_tag(top): self._build_hila_pair(top, hila) for top in sorted(hila.stages)}
+        attach_hila_pairs(
+            self,
+            hila,
+            lambda top: self._build_hila_pair(top, hila),
+            lambda top: f"blocks.{top - 2}.{depths[top - 2] - 1}",
         )
-        if hila.init_bottom_from_lower_stage:
-            install_bottom_block_init(
-                self,
-                dict(self.hila.items()),
-                {pair_tag(top): f"blocks.{top - 2}.{depths[top - 2] - 1}" for top in hila.stages},
-            )
         for module in self._frozen_modules():
             module.requires_grad_(False)
 

@@ -24,7 +24,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, install_bottom_block_init, pair_tag
+from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 
 __all__ = ["MIT_VARIANTS", "MixVisionTransformer", "build_mit_backbone"]
@@ -105,18 +105,12 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
         self.variant = variant
         self._out_features = list(out_features)
         self._out_feature_channels = dict(zip(STAGE_NAMES, spec["embed_dims"]))
-        self.hila = nn.ModuleDict(
-            {pair_tag(top): self._build_hila_pair(top, hila) for top in sorted(hila.stages)}
+        attach_hila_pairs(
+            self,
+            hila,
+            lambda top: self._build_hila_pair(top, hila),
+            lambda top: f"stages.{top - 2}.blocks.{depths[top - 2] - 1}",
         )
-        if hila.init_bottom_from_lower_stage:
-            install_bottom_block_init(
-                self,
-                dict(self.hila.items()),
-                {
-                    pair_tag(top): f"stages.{top - 2}.blocks.{depths[top - 2] - 1}"
-                    for top in hila.stages
-                },
-            )
 
     def _build_hila_pair(self, top: int, hila: HILASettings) -> HILAPair:
         """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""

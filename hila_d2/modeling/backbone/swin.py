@@ -38,7 +38,7 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, init_hila_weights, install_bottom_block_init, pair_tag
+from ..hila import HILAPair, HILASettings, attach_hila_pairs, init_hila_weights, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 
 __all__ = [
@@ -192,21 +192,12 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             if name in self._out_features and i not in below_a_pair:
                 self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self._out_feature_channels = dict(zip(STAGE_NAMES, dims))
-        self.hila = nn.ModuleDict(
-            {
-                pair_tag(top): self._build_hila_pair(top, dims, window_size, hila)
-                for top in sorted(hila.stages)
-            }
+        attach_hila_pairs(
+            self,
+            hila,
+            lambda top: self._build_hila_pair(top, dims, window_size, hila),
+            lambda top: f"layers.{top - 2}.blocks.{spec['depths'][top - 2] - 1}",
         )
-        if hila.init_bottom_from_lower_stage:
-            install_bottom_block_init(
-                self,
-                dict(self.hila.items()),
-                {
-                    pair_tag(top): f"layers.{top - 2}.blocks.{spec['depths'][top - 2] - 1}"
-                    for top in hila.stages
-                },
-            )
 
     def _build_hila_pair(
         self, top: int, dims: Sequence[int], window_size: int, hila: HILASettings

@@ -448,6 +448,31 @@ class HILAPair(nn.Module):
         self.bottom_block = bottom_block
         self.bottom_norm = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
 
+    @classmethod
+    def from_settings(
+        cls,
+        hila: HILASettings,
+        top: int,
+        bottom_dim: int,
+        top_dim: int,
+        bottom_block: nn.Module,
+        **kwargs,
+    ) -> "HILAPair":
+        """The pair whose upper stage is ``top`` (1-based) with the stride, heads, MLP ratio, info
+        weights and parity mode of ``hila``; ``kwargs`` (``drop_path``, ``norm_every_step``) as
+        in ``__init__``."""
+        return cls(
+            bottom_dim,
+            top_dim,
+            bottom_block,
+            stride=hila.strides[top - 1],
+            num_heads=hila.num_heads,
+            mlp_ratio=hila.mlp_ratio,
+            info_weights=hila.info_weights,
+            parity_mode=hila.parity_mode,
+            **kwargs,
+        )
+
     def forward(
         self,
         top: torch.Tensor,

@@ -405,15 +405,8 @@ class HATNet(PyramidBackbone):
         lower = self._block_args[top - 2]
         bottom_block = HATNetLowerBlock(**lower)
         bottom_block.apply(init_hatnet_weights)
-        return HILAPair(
-            lower["dim"],
-            self._block_args[top - 1]["dim"],
-            bottom_block,
-            stride=hila.strides[top - 1],
-            num_heads=hila.num_heads,
-            mlp_ratio=hila.mlp_ratio,
-            info_weights=hila.info_weights,
-            parity_mode=hila.parity_mode,
+        return HILAPair.from_settings(
+            hila, top, lower["dim"], self._block_args[top - 1]["dim"], bottom_block
         )
 
     def _frozen_modules(self) -> List[nn.Module]:

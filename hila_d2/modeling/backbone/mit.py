@@ -125,16 +125,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             norm_layer=nn.LayerNorm,  # eps 1e-5, as the official HILA modules
         )
         bottom_block.apply(self._init_weights)
-        return HILAPair(
-            bottom_dim,
-            top_dim,
-            bottom_block,
-            stride=hila.strides[top - 1],
-            num_heads=hila.num_heads,
-            mlp_ratio=hila.mlp_ratio,
-            info_weights=hila.info_weights,
-            parity_mode=hila.parity_mode,
-        )
+        return HILAPair.from_settings(hila, top, bottom_dim, top_dim, bottom_block)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):

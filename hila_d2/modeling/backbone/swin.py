@@ -219,16 +219,13 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             drop_path=drop_path,
         )
         bottom_block.apply(init_hila_weights)
-        return HILAPair(
+        return HILAPair.from_settings(
+            hila,
+            top,
             dims[lower],
             dims[lower + 1],
             bottom_block,
-            stride=hila.strides[top - 1],
-            num_heads=hila.num_heads,
-            mlp_ratio=hila.mlp_ratio,
-            info_weights=hila.info_weights,
             drop_path=drop_path,
-            parity_mode=hila.parity_mode,
             norm_every_step=hila.parity_mode,
         )
 

@@ -14,7 +14,7 @@ from project_config import load_script
 TINY = [
     "--size", "64", "64", "--batch", "1", "--warmup", "0", "--repeats", "1", "--threads", "1",
     "--device", "cpu", "--mit", "B0", "--swin", "T", "--hatnet", "T",
-    "--opts", "MODEL.SWIN.WINDOW_SIZE", "2",
+    "--opts", "MODEL.HILA_D2_SWIN.WINDOW_SIZE", "2",
 ]  # fmt: skip
 STEPS = ("inference", "training step")
 ENCODERS = [  # (encoder, implementation, ratio over)

@@ -22,7 +22,7 @@ FPN_OUTPUTS = r"\['p2', 'p3', 'p4', 'p5', 'p6'\]"
 BAD_KEYS = [
     # unknown variants
     (SEGFORMER, "MODEL.MIT.VARIANT", "B9", r"MODEL\.MIT\.VARIANT.*\['B0', 'B1', 'B2', 'B3', 'B4', 'B5'\]"),
-    (SWIN_UPERNET, "MODEL.SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
+    (SWIN_UPERNET, "MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
     (SEMANTIC_FPN, "MODEL.HATNET.VARIANT", "XS", r"MODEL\.HATNET\.VARIANT.*\['L', 'M', 'S', 'T'\]"),
     # HILA stage pairs out of range
     (HILA_MIT, "MODEL.HILA.STAGES", "[5]", r"MODEL\.HILA\.STAGES .*2\.\.4.*got \[5\]"),

@@ -247,8 +247,8 @@ def test_swin_hila_trained(swin_model):
         f"backbone.norm{i}.{p}" for i in range(3) for p in ("bias", "weight")
     ]
     assert result.config == {
-        "MODEL.SWIN.VARIANT": "T",
-        "MODEL.SWIN.WINDOW_SIZE": 7,
+        "MODEL.HILA_D2_SWIN.VARIANT": "T",
+        "MODEL.HILA_D2_SWIN.WINDOW_SIZE": 7,
         "MODEL.HILA.STAGES": [2, 3, 4],
         "MODEL.HILA.MLP_RATIO": 2.0,
         "MODEL.HILA.BOTTOM_MLP_RATIO": 4.0,
@@ -367,8 +367,8 @@ def test_cli_prints_the_config_that_builds_the_model(tmp_path, swin_model, swin_
     )
     lines = stdout.split(title)[1].splitlines()[:9]
     assert lines[:5] == [
-        "  MODEL.SWIN.VARIANT T",
-        "  MODEL.SWIN.WINDOW_SIZE 7",
+        "  MODEL.HILA_D2_SWIN.VARIANT T",
+        "  MODEL.HILA_D2_SWIN.WINDOW_SIZE 7",
         "  MODEL.HILA.STAGES [2,3,4]",
         "  MODEL.HILA.MLP_RATIO 2.0",
         "  MODEL.HILA.BOTTOM_MLP_RATIO 4.0",

@@ -23,8 +23,8 @@ ENCODERS = {
     "mit": ["MODEL.BACKBONE.NAME", "build_mit_fpn_backbone", "MODEL.MIT.VARIANT", "B0"],
     "mit_hila": ["MODEL.BACKBONE.NAME", "build_mit_fpn_backbone", "MODEL.MIT.VARIANT", "B0",
                  "MODEL.HILA.STAGES", "[2, 3, 4]"],
-    "swin": ["MODEL.BACKBONE.NAME", "build_swin_fpn_backbone", "MODEL.SWIN.VARIANT", "T"],
-    "swin_hila": ["MODEL.BACKBONE.NAME", "build_swin_fpn_backbone", "MODEL.SWIN.VARIANT", "T",
+    "swin": ["MODEL.BACKBONE.NAME", "build_swin_fpn_backbone", "MODEL.HILA_D2_SWIN.VARIANT", "T"],
+    "swin_hila": ["MODEL.BACKBONE.NAME", "build_swin_fpn_backbone", "MODEL.HILA_D2_SWIN.VARIANT", "T",
                   "MODEL.HILA.STAGES", "[2, 3, 4]", "MODEL.HILA.STRIDES", "[1, 1, 2, 1]"],
     "hatnet": ["MODEL.BACKBONE.NAME", "build_hatnet_fpn_backbone", "MODEL.HATNET.VARIANT", "T"],
     "hatnet_hila": ["MODEL.BACKBONE.NAME", "build_hatnet_fpn_backbone", "MODEL.HATNET.VARIANT", "T",
@@ -78,7 +78,7 @@ def test_pyramid_levels_and_the_encoder_inside(encoder):
 
 @pytest.mark.parametrize(
     "encoder, key",
-    [("mit", "MODEL.MIT.OUT_FEATURES"), ("swin", "MODEL.SWIN.OUT_FEATURES"),
+    [("mit", "MODEL.MIT.OUT_FEATURES"), ("swin", "MODEL.HILA_D2_SWIN.OUT_FEATURES"),
      ("hatnet", "MODEL.HATNET.OUT_FEATURES")],
 )  # fmt: skip
 def test_missing_encoder_features_name_both_keys(encoder, key):
@@ -131,7 +131,7 @@ KEEP_ALL_PANOPTIC = KEEP_ALL + [
 def test_training_step_and_inference_at_an_odd_size(zoo_config, encoder):
     panoptic = zoo_config == PANOPTIC_FPN
     # no drop path: with one image it zeroes whole residual branches, and their gradients
-    no_drop_path = ["MODEL.MIT.DROP_PATH_RATE", "0.0", "MODEL.SWIN.DROP_PATH_RATE", "0.0",
+    no_drop_path = ["MODEL.MIT.DROP_PATH_RATE", "0.0", "MODEL.HILA_D2_SWIN.DROP_PATH_RATE", "0.0",
                     "MODEL.HATNET.DROP_PATH_RATE", "0.0"]
     cfg = stock_cfg(zoo_config, encoder, *no_drop_path, *(KEEP_ALL_PANOPTIC if panoptic else KEEP_ALL))
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ def swin_cfg(variant="T", **overrides):
     cfg = get_cfg()
     hila_d2.add_hila_config(cfg)
     cfg.MODEL.BACKBONE.NAME = "build_swin_backbone"
-    cfg.MODEL.SWIN.VARIANT = variant
+    cfg.MODEL.HILA_D2_SWIN.VARIANT = variant
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg
@@ -228,7 +228,7 @@ def test_output_shapes_at_any_size(t_backbone, size):
 
 
 def test_built_through_the_registry_from_the_config():
-    cfg = swin_cfg("T", **{"MODEL.SWIN.WINDOW_SIZE": 12, "MODEL.SWIN.DROP_PATH_RATE": 0.2})
+    cfg = swin_cfg("T", **{"MODEL.HILA_D2_SWIN.WINDOW_SIZE": 12, "MODEL.HILA_D2_SWIN.DROP_PATH_RATE": 0.2})
     backbone = build_backbone(cfg, ShapeSpec(channels=1))
     assert isinstance(backbone, SwinTransformerBackbone) and backbone.variant == "T"
     assert backbone.patch_embed.proj.in_channels == 1
@@ -252,7 +252,7 @@ def test_built_through_the_registry_from_the_config():
 
 
 def test_subset_of_outputs_has_only_their_norms():
-    backbone = build_backbone(swin_cfg(**{"MODEL.SWIN.OUT_FEATURES": ["res3", "res5"]}))
+    backbone = build_backbone(swin_cfg(**{"MODEL.HILA_D2_SWIN.OUT_FEATURES": ["res3", "res5"]}))
     assert list(backbone.output_shape()) == ["res3", "res5"]
     assert [hasattr(backbone, f"norm{i}") for i in range(4)] == [False, True, False, True]
     with torch.no_grad():
@@ -287,10 +287,10 @@ def test_position_tables_are_exempt_from_weight_decay():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("MODEL.SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
-        ("MODEL.SWIN.OUT_FEATURES", ["res6"], r"MODEL\.SWIN\.OUT_FEATURES"),
-        ("MODEL.SWIN.OUT_FEATURES", [], r"MODEL\.SWIN\.OUT_FEATURES"),
-        ("MODEL.SWIN.WINDOW_SIZE", 0, r"MODEL\.SWIN\.WINDOW_SIZE"),
+        ("MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
+        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", ["res6"], r"MODEL\.SWIN\.OUT_FEATURES"),
+        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", [], r"MODEL\.SWIN\.OUT_FEATURES"),
+        ("MODEL.HILA_D2_SWIN.WINDOW_SIZE", 0, r"MODEL\.SWIN\.WINDOW_SIZE"),
     ],
 )
 def test_config_errors_name_the_key(key, value, message):

@@ -246,7 +246,7 @@ def notes(args, device: torch.device) -> List[str]:
             "there is no reference to compare with (—)."
         )
     if args.swin:
-        window = encoder_cfg("swin", args.swin[0], False, args.opts).MODEL.SWIN.WINDOW_SIZE
+        window = encoder_cfg("swin", args.swin[0], False, args.opts).MODEL.HILA_D2_SWIN.WINDOW_SIZE
         if any(size // stride % window for stride in STAGE_STRIDES for size in args.size):
             lines.append(
                 f"Swin at {args.size[0]}×{args.size[1]}: some stage grid is no multiple of the "
@@ -282,7 +282,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar="KEY VALUE",
-        help="config overrides for every encoder, e.g. MODEL.SWIN.WINDOW_SIZE 2",
+        help="config overrides for every encoder, e.g. MODEL.HILA_D2_SWIN.WINDOW_SIZE 2",
     )
     args = parser.parse_args(argv)
     for family in FAMILIES:

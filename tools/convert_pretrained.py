@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--window-size",
         type=int,
-        help="Swin only: the model's MODEL.SWIN.WINDOW_SIZE (default 7); relative position "
+        help="Swin only: the model's MODEL.HILA_D2_SWIN.WINDOW_SIZE (default 7); relative position "
         "tables of another window are resized bicubically",
     )
     parser.add_argument(

@@ -154,7 +154,7 @@ def convert_swin(checkpoint: Mapping[str, Any], window_size: int = 7) -> Convers
     ``layers.{s}.downsample`` moves to stage s + 1 (timm's layout); the buffers
     ``relative_position_index`` and ``attn_mask``, the classifier ``head.*`` and its final
     ``norm.*`` are dropped; the variant is inferred from the shapes. ``window_size``: the target
-    ``MODEL.SWIN.WINDOW_SIZE``; when the file's window differs, each relative position bias table
+    ``MODEL.HILA_D2_SWIN.WINDOW_SIZE``; when the file's window differs, each relative position bias table
     is resized bicubically as (2w-1)x(2w-1) images, one per head, as the official Swin code does.
     Source keys that map to no entry of the backbone, or to one of another shape, raise a
     ValueError.
@@ -172,7 +172,7 @@ def convert_swin(checkpoint: Mapping[str, Any], window_size: int = 7) -> Convers
             model[name] = resize_rel_pos_bias_table_simple(
                 table, (window_size, window_size), (rows, table.shape[1])
             ).contiguous()
-    config = {"MODEL.SWIN.VARIANT": variant, "MODEL.SWIN.WINDOW_SIZE": window_size}
+    config = {"MODEL.HILA_D2_SWIN.VARIANT": variant, "MODEL.HILA_D2_SWIN.WINDOW_SIZE": window_size}
     expected = swin_shapes(variant, window_size)
     return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
 
@@ -243,7 +243,7 @@ def convert_hila_swin(checkpoint: Mapping[str, Any]) -> ConversionResult:
         for name in [n for n in model if n.startswith(f"backbone.norm{top - 2}.")]:
             del model[name]
             dropped.append(source_of.pop(name))
-    config = {"MODEL.SWIN.VARIANT": variant, "MODEL.SWIN.WINDOW_SIZE": window_size}
+    config = {"MODEL.HILA_D2_SWIN.VARIANT": variant, "MODEL.HILA_D2_SWIN.WINDOW_SIZE": window_size}
     config.update(hila_config(hila))
     expected = swin_shapes(variant, window_size, hila)
     if PREDICTOR in model:

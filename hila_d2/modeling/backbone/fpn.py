@@ -52,8 +52,8 @@ def build_mit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 
 @BACKBONE_REGISTRY.register()
 def build_swin_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """``MODEL.BACKBONE.NAME: build_swin_fpn_backbone``: FPN over Swin (``MODEL.SWIN.*``, HILA)."""
-    return build_encoder_fpn(cfg, build_swin_backbone(cfg, input_shape), "MODEL.SWIN.OUT_FEATURES")
+    """``MODEL.BACKBONE.NAME: build_swin_fpn_backbone``: FPN over Swin (``MODEL.HILA_D2_SWIN.*``, HILA)."""
+    return build_encoder_fpn(cfg, build_swin_backbone(cfg, input_shape), "MODEL.HILA_D2_SWIN.OUT_FEATURES")
 
 
 @BACKBONE_REGISTRY.register()

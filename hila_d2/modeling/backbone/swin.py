@@ -1,6 +1,6 @@
 """Swin Transformer T/S/B/L as a detectron2 backbone, on timm's ``SwinTransformer``.
 
-Follows the official Swin segmentation backbone: window 7 (``MODEL.SWIN.WINDOW_SIZE``) with shift
+Follows the official Swin segmentation backbone: window 7 (``MODEL.HILA_D2_SWIN.WINDOW_SIZE``) with shift
 window // 2 on every odd block whatever the feature size, the normed tokens zero-padded at the
 bottom/right to a multiple of the window *before* the cyclic shift (timm shifts first, then pads,
 and clamps the window to small construction sizes), and a LayerNorm ``norm{i}`` on each output
@@ -161,10 +161,10 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             hila: HILA pairs and options; the default has none.
         """
         if window_size < 1:
-            raise ValueError(f"MODEL.SWIN.WINDOW_SIZE must be a positive int, got {window_size}")
-        check_out_features(out_features, "MODEL.SWIN.OUT_FEATURES")
+            raise ValueError(f"MODEL.HILA_D2_SWIN.WINDOW_SIZE must be a positive int, got {window_size}")
+        check_out_features(out_features, "MODEL.HILA_D2_SWIN.OUT_FEATURES")
         hila.check(num_stages=len(STAGE_NAMES))
-        spec = variant_spec(SWIN_VARIANTS, variant, "Swin", "MODEL.SWIN.VARIANT")
+        spec = variant_spec(SWIN_VARIANTS, variant, "Swin", "MODEL.HILA_D2_SWIN.VARIANT")
         super().__init__(
             in_chans=in_chans,
             num_classes=0,
@@ -232,10 +232,10 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
         return {
-            "variant": cfg.MODEL.SWIN.VARIANT,
-            "window_size": cfg.MODEL.SWIN.WINDOW_SIZE,
-            "out_features": cfg.MODEL.SWIN.OUT_FEATURES,
-            "drop_path_rate": cfg.MODEL.SWIN.DROP_PATH_RATE,
+            "variant": cfg.MODEL.HILA_D2_SWIN.VARIANT,
+            "window_size": cfg.MODEL.HILA_D2_SWIN.WINDOW_SIZE,
+            "out_features": cfg.MODEL.HILA_D2_SWIN.OUT_FEATURES,
+            "drop_path_rate": cfg.MODEL.HILA_D2_SWIN.DROP_PATH_RATE,
             "in_chans": input_shape.channels,
             "hila": HILASettings.from_config(cfg),
         }
@@ -274,5 +274,5 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
 
 @BACKBONE_REGISTRY.register()
 def build_swin_backbone(cfg, input_shape: ShapeSpec) -> SwinTransformerBackbone:
-    """detectron2 builder for ``MODEL.BACKBONE.NAME: build_swin_backbone`` (``MODEL.SWIN.*``)."""
+    """detectron2 builder for ``MODEL.BACKBONE.NAME: build_swin_backbone`` (``MODEL.HILA_D2_SWIN.*``)."""
     return SwinTransformerBackbone(cfg, input_shape)

@@ -15,13 +15,29 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
 
-__all__ = ["build_optimizer", "build_lr_scheduler", "build_param_groups", "WarmupPolyParamScheduler"]
+__all__ = [
+    "WarmupPolyParamScheduler",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "build_param_groups",
+    "get_param_groups",
+]
 
 OPTIMIZERS = ("ADAMW", "SGD")
 
 
-def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
-    """Optimizer parameter groups (each with its own ``lr`` and ``weight_decay``)."""
+def get_param_groups(
+    model: torch.nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float = 0.0,
+    head_lr_multiplier: float = 1.0,
+) -> List[Dict[str, Any]]:
+    """Optimizer parameter groups (each with its own ``lr`` and ``weight_decay``): no weight
+    decay on the names that modules list in ``no_weight_decay_keywords()``, ``weight_decay_norm``
+    on normalisation layers, ``head_lr_multiplier`` on every parameter outside ``model.backbone``.
+    Usable from a LazyConfig (``L(get_param_groups)(base_lr=..., ...)``)."""
     no_decay_names = set().union(
         *(
             module.no_weight_decay_keywords()
@@ -29,18 +45,29 @@ def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, A
             if hasattr(module, "no_weight_decay_keywords")
         )
     )
-    head_multiplier = cfg.SOLVER.HEAD_LR_MULTIPLIER
 
     def lr_factor(param_name: str) -> float:
-        return 1.0 if param_name.startswith("backbone.") else head_multiplier
+        return 1.0 if param_name.startswith("backbone.") else head_lr_multiplier
 
     return get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay=weight_decay,
+        weight_decay_norm=weight_decay_norm,
+        lr_factor_func=lr_factor,
+        overrides={name: {"weight_decay": 0.0} for name in no_decay_names},
+    )
+
+
+def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
+    """:func:`get_param_groups` with ``SOLVER.{BASE_LR,WEIGHT_DECAY,WEIGHT_DECAY_NORM,
+    HEAD_LR_MULTIPLIER}``."""
+    return get_param_groups(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        lr_factor_func=lr_factor,
-        overrides={name: {"weight_decay": 0.0} for name in no_decay_names},
+        head_lr_multiplier=cfg.SOLVER.HEAD_LR_MULTIPLIER,
     )
 
 

@@ -26,7 +26,12 @@ from detectron2.modeling import (
     SemanticSegmentor,
     build_backbone,
 )
+from detectron2.modeling.backbone import FPN
 from detectron2.utils.registry import Registry
+from torch import nn
+
+from .modeling.backbone.pyramid import PyramidBackbone
+from .modeling.meta_arch.hmsa import HierarchicalMultiScaleSegmentor
 
 __all__ = ["validate_config"]
 
@@ -53,10 +58,20 @@ def _features_exist(key: str, features: Iterable[str], outputs: Dict[str, ShapeS
 
 
 def _consumed_features(cfg: CfgNode, meta_arch: type) -> Dict[str, Sequence[str]]:
-    """Config key -> backbone features that the heads of ``meta_arch`` read."""
+    """Config key -> backbone features that the heads of ``meta_arch`` read; {} for a
+    meta-architecture whose heads are not known here."""
     consumed = {}
     if issubclass(meta_arch, (SemanticSegmentor, PanopticFPN)):
         consumed["MODEL.SEM_SEG_HEAD.IN_FEATURES"] = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+        if cfg.MODEL.SEM_SEG_HEAD.NAME == "PointRendSemSegHead":  # detectron2's PointRend
+            consumed["MODEL.POINT_HEAD.IN_FEATURES"] = cfg.MODEL.POINT_HEAD.IN_FEATURES
+        if cfg.MODEL.SEM_SEG_HEAD.NAME == "UPerNetHead" and cfg.MODEL.SEM_SEG_HEAD.AUX.LOSS_WEIGHT:
+            consumed["MODEL.SEM_SEG_HEAD.AUX.IN_FEATURE"] = [cfg.MODEL.SEM_SEG_HEAD.AUX.IN_FEATURE]
+    if issubclass(meta_arch, HierarchicalMultiScaleSegmentor) and cfg.MODEL.HMSA.ATTN_IN_FEATURE:
+        consumed["MODEL.HMSA.ATTN_IN_FEATURE"] = [cfg.MODEL.HMSA.ATTN_IN_FEATURE]
+    if cfg.MODEL.META_ARCHITECTURE == "PanopticDeepLab":  # detectron2's Panoptic-DeepLab
+        consumed["MODEL.SEM_SEG_HEAD.IN_FEATURES"] = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+        consumed["MODEL.INS_EMBED_HEAD.IN_FEATURES"] = cfg.MODEL.INS_EMBED_HEAD.IN_FEATURES
     if issubclass(meta_arch, GeneralizedRCNN):
         if cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RPN":
             consumed["MODEL.RPN.IN_FEATURES"] = cfg.MODEL.RPN.IN_FEATURES
@@ -66,13 +81,47 @@ def _consumed_features(cfg: CfgNode, meta_arch: type) -> Dict[str, Sequence[str]
     return consumed
 
 
+def _parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _every_output_is_read(cfg: CfgNode, backbone: nn.Module, consumed: Dict[str, Sequence[str]]) -> None:
+    """ValueError when a hila_d2 encoder returns features that nothing reads (the heads, or
+    the FPN over it) and building it without them drops parameters: those would get no
+    gradient, and DistributedDataParallel (find_unused_parameters=False) stops training."""
+    encoder = backbone.bottom_up if isinstance(backbone, FPN) else backbone
+    if not isinstance(encoder, PyramidBackbone) or not consumed:
+        return
+    if isinstance(backbone, FPN):
+        readers = {"MODEL.FPN.IN_FEATURES": cfg.MODEL.FPN.IN_FEATURES}
+    else:
+        readers = consumed
+    read = {name for features in readers.values() for name in features}
+    unread = [name for name in encoder.output_shape() if name not in read]
+    if not unread:
+        return
+    key = f"{encoder.config_group}.OUT_FEATURES"
+    needed = [name for name in encoder.output_shape() if name in read]
+    lean = cfg.clone()
+    lean.defrost()
+    lean.merge_from_list([key, needed])
+    if _parameter_count(build_backbone(lean)) < _parameter_count(backbone):
+        raise ValueError(
+            f"{key} returns {unread}, which nothing reads ({', '.join(sorted(readers))}): the "
+            "parameters that only produce them would get no gradient, and distributed training "
+            f"(DistributedDataParallel) stops at its second iteration; set {key} to {needed}"
+        )
+
+
 def validate_config(cfg: CfgNode) -> None:
     """Raise a ValueError naming the key, its value and the allowed values for the first model
     key of ``cfg`` that cannot build a working model; return None when the model builds.
 
     Checks, in order: the registry names (meta-architecture, backbone, heads), the backbone's own
-    keys (variant, HILA stages, ...), that every head reads features the backbone outputs, and
-    then every other check made while the model is built (e.g. MODEL.HMSA scale lists). Nothing
+    keys (variant, HILA stages, ...), that every head reads features the backbone outputs, that
+    a hila_d2 encoder returns no feature whose parameters nothing would train (for the
+    meta-architectures whose heads are known), and then every other check made while the model
+    is built (e.g. MODEL.HMSA scale lists). Nothing
     is allocated and the random number generators are left untouched.
     """
     model = cfg.MODEL
@@ -89,7 +138,10 @@ def validate_config(cfg: CfgNode) -> None:
         )
         _registered(ROI_HEADS_REGISTRY, "MODEL.ROI_HEADS.NAME", model.ROI_HEADS.NAME)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        outputs = build_backbone(cfg).output_shape()
-        for key, features in _consumed_features(cfg, meta_arch).items():
+        backbone = build_backbone(cfg)
+        outputs = backbone.output_shape()
+        consumed = _consumed_features(cfg, meta_arch)
+        for key, features in consumed.items():
             _features_exist(key, features, outputs, model.BACKBONE.NAME)
+        _every_output_is_read(cfg, backbone, consumed)
         meta_arch(cfg)

@@ -22,7 +22,7 @@ FPN_OUTPUTS = r"\['p2', 'p3', 'p4', 'p5', 'p6'\]"
 BAD_KEYS = [
     # unknown variants
     (SEGFORMER, "MODEL.MIT.VARIANT", "B9", r"MODEL\.MIT\.VARIANT.*\['B0', 'B1', 'B2', 'B3', 'B4', 'B5'\]"),
-    (SWIN_UPERNET, "MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
+    (SWIN_UPERNET, "MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.HILA_D2_SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
     (SEMANTIC_FPN, "MODEL.HATNET.VARIANT", "XS", r"MODEL\.HATNET\.VARIANT.*\['L', 'M', 'S', 'T'\]"),
     # HILA stage pairs out of range
     (HILA_MIT, "MODEL.HILA.STAGES", "[5]", r"MODEL\.HILA\.STAGES .*2\.\.4.*got \[5\]"),
@@ -35,11 +35,14 @@ BAD_KEYS = [
     (PANOPTIC, "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2']", rf"MODEL\.SEM_SEG_HEAD\.IN_FEATURES .*no \['res2'\].*{FPN_OUTPUTS}"),
     (SEGFORMER, "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res6']", r"MODEL\.SEM_SEG_HEAD\.IN_FEATURES .*no \['res6'\].*\['res2', 'res3', 'res4', 'res5'\]"),
     (SEGFORMER, "MODEL.MIT.OUT_FEATURES", "['res2', 'res3']", r"MODEL\.SEM_SEG_HEAD\.IN_FEATURES .*no \['res4', 'res5'\].*\['res2', 'res3'\]"),
+    # outputs that nothing reads while parameters only they need would get no gradient (DDP
+    # stops): HILA S3's update of res3 (Swin's res4 norm: below)
+    (HILA_MIT, "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res4', 'res5']", r"MODEL\.MIT\.OUT_FEATURES returns \['res3'\], which nothing reads .*set MODEL\.MIT\.OUT_FEATURES to \['res2', 'res4', 'res5'\]"),
     # HMSA scale lists
     (HMSA, "MODEL.HMSA.TRAIN_SCALES", "(1.0, -2.0)", r"MODEL\.HMSA\.TRAIN_SCALES .*positive, distinct"),
     (HMSA, "MODEL.HMSA.TRAIN_SCALES", "(0.5, 1.0, 2.0)", r"MODEL\.HMSA\.TRAIN_SCALES .*exactly 2 scales"),
     (HMSA, "MODEL.HMSA.TEST_SCALES", "(0.5, 2.0)", r"MODEL\.HMSA\.TEST_SCALES .*must contain 1\.0"),
-    (HMSA, "MODEL.HMSA.ATTN_IN_FEATURE", "'res7'", r"MODEL\.HMSA\.ATTN_IN_FEATURE 'res7'.*\['res2', 'res3', 'res4', 'res5'\]"),
+    (HMSA, "MODEL.HMSA.ATTN_IN_FEATURE", "'res7'", r"MODEL\.HMSA\.ATTN_IN_FEATURE is \['res7'\].*no \['res7'\].*\['res2', 'res3', 'res4', 'res5'\]"),
     # names that no registry holds
     (SEGFORMER, "MODEL.BACKBONE.NAME", "build_mitt_backbone", r"MODEL\.BACKBONE\.NAME is 'build_mitt_backbone'.*'build_mit_backbone'"),
     (SEGFORMER, "MODEL.SEM_SEG_HEAD.NAME", "SegformerHead", r"MODEL\.SEM_SEG_HEAD\.NAME .*choose one of \[.*'SegFormerHead', 'SemSegFPNHead', 'UPerNetHead'"),
@@ -102,3 +105,16 @@ def test_every_shipped_config_validates():
     assert len(configs) > 50
     for config in configs:
         hila_d2.validate_config(hila_d2.load_config(str(REPO / config)))
+
+
+def test_unread_outputs_that_cost_no_parameter_are_accepted():
+    """Plain MiT's res3 and res4 feed the next stages anyway, and the Swin UperNet's auxiliary
+    head reads res4: neither leaves a parameter out of the loss."""
+    hila_d2.validate_config(load_config(SEGFORMER, "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res5"]))
+    swin = load_config(SWIN_UPERNET, "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res3", "res5"])
+    swin.merge_from_list(["MODEL.SEM_SEG_HEAD.AUX.IN_FEATURE", "res4"])
+    with pytest.raises(ValueError, match="res4"):  # the auxiliary head is dropped with weight 0
+        swin.merge_from_list(["MODEL.SEM_SEG_HEAD.AUX.LOSS_WEIGHT", 0.0])
+        hila_d2.validate_config(swin)
+    swin.merge_from_list(["MODEL.SEM_SEG_HEAD.AUX.LOSS_WEIGHT", 0.4])
+    hila_d2.validate_config(swin)

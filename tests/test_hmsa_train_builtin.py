@@ -2,9 +2,12 @@
 scored by SemSegEvaluator at the config's test scales (0.5, 1.0, 2.0), clearly beats the same
 model untrained."""
 
+import pytest
 import json
 
 from test_train_builtin import run_train_net, saved_miou
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 CONFIG = "configs/builtin/semantic-segmentation/hmsa_segformer_mit_b0.yaml"
 # 60 iterations (batch 8) at native scale with a higher LR than the config's 1000-iteration

@@ -287,10 +287,10 @@ def test_position_tables_are_exempt_from_weight_decay():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
-        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", ["res6"], r"MODEL\.SWIN\.OUT_FEATURES"),
-        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", [], r"MODEL\.SWIN\.OUT_FEATURES"),
-        ("MODEL.HILA_D2_SWIN.WINDOW_SIZE", 0, r"MODEL\.SWIN\.WINDOW_SIZE"),
+        ("MODEL.HILA_D2_SWIN.VARIANT", "XL", r"MODEL\.HILA_D2_SWIN\.VARIANT.*\['B', 'L', 'S', 'T'\]"),
+        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", ["res6"], r"MODEL\.HILA_D2_SWIN\.OUT_FEATURES"),
+        ("MODEL.HILA_D2_SWIN.OUT_FEATURES", [], r"MODEL\.HILA_D2_SWIN\.OUT_FEATURES"),
+        ("MODEL.HILA_D2_SWIN.WINDOW_SIZE", 0, r"MODEL\.HILA_D2_SWIN\.WINDOW_SIZE"),
     ],
 )
 def test_config_errors_name_the_key(key, value, message):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
 HILA_CONFIG = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"

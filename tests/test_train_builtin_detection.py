@@ -1,6 +1,7 @@
 """Instance and panoptic segmentation end to end through train_net.py on the built-in dataset:
 a short Panoptic FPN training lifts mask AP and PQ far above the untrained model's, and the
 Mask R-CNN config trains and is scored by COCOEvaluator."""
+import pytest
 import json
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import torch
 from test_train_builtin import run_train_net
 
 from project_config import load_config, load_train_net
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 PANOPTIC = "configs/builtin/panoptic-segmentation/panoptic_fpn_mit_b0.yaml"
 INSTANCE = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"

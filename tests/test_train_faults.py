@@ -1,6 +1,7 @@
 """train_net.py under faults and in parallel: a run killed with SIGKILL resumes from its last
 complete checkpoint to the same final iteration with every checkpoint loadable, and a 2-process
 CPU run (gloo) through detectron2's launch trains and evaluates."""
+import pytest
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import torch
 from test_train_builtin import CONFIG, REPO, run_train_net, saved_miou
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 FAST = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "5"]
 

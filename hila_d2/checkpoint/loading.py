@@ -5,7 +5,7 @@ another variant or with missing keys trains or evaluates a half-random model wit
 ``ValidatingCheckpointer`` raises a ``CheckpointError`` instead, listing what is wrong.
 """
 import fnmatch
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence, Set
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -30,6 +30,16 @@ def _listing(title: str, items: Sequence[str]) -> List[str]:
     return lines
 
 
+def _unbuilt_keys(model: nn.Module) -> Set[str]:
+    """The state-dict keys, relative to ``model``, of the modules that hila_d2's encoders inside
+    it dropped because they produce no requested output (``PyramidBackbone.unbuilt_keys``)."""
+    return {
+        f"{name}.{key}" if name else key
+        for name, module in model.named_modules()
+        for key in getattr(module, "unbuilt_keys", ())
+    }
+
+
 class ValidatingCheckpointer(DetectionCheckpointer):
     """detectron2's ``DetectionCheckpointer`` that refuses checkpoints that do not fit the model.
 
@@ -39,7 +49,9 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     that lists them. Keys matching ``optional_keys`` (fnmatch patterns, e.g. ``"sem_seg_head.*"``
     for a new decode head) are exempt when weights initialise a model (``load``,
     ``resume_or_load(resume=False)``); resuming a run from its own last checkpoint
-    (``resume_or_load(resume=True)``) requires every key. ``.pth`` files are read with
+    (``resume_or_load(resume=True)``) requires every key. Checkpoint keys of modules that an
+    encoder did not build, because they produce none of its requested outputs (e.g. stage 4 of
+    a MiT asked for res2..res4 only), are accepted and left unused. ``.pth`` files are read with
     ``weights_only=True``; ``.pkl`` files are detectron2's model-zoo layout of numpy arrays,
     which only pickle reads.
     """
@@ -91,7 +103,8 @@ class ValidatingCheckpointer(DetectionCheckpointer):
 
         reshaped = {key for key, _, _ in incompatible.incorrect_shapes}  # also "missing"
         missing = [k for k in incompatible.missing_keys if required(k) and k not in reshaped]
-        unexpected = [k for k in incompatible.unexpected_keys if required(k)]
+        unbuilt = _unbuilt_keys(self.model)  # weights of modules this configuration needs not
+        unexpected = [k for k in incompatible.unexpected_keys if required(k) and k not in unbuilt]
         shapes = [
             f"{key}: checkpoint {tuple(theirs)}, model {tuple(ours)}"
             for key, theirs, ours in incompatible.incorrect_shapes

@@ -24,7 +24,7 @@ softmaxes are max-subtracted and computed in float32, also under autocast.
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ __all__ = [
     "HILAPair",
     "HILASettings",
     "PATCH_POSITIONS",
+    "PairPlan",
     "TopDownAttention",
     "TopDownBlock",
     "attach_hila_pairs",
@@ -47,6 +48,7 @@ __all__ = [
     "init_hila_weights",
     "install_bottom_block_init",
     "pair_tag",
+    "plan_pair",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,68 @@ def hila_schedule(depth: int, stride: int) -> List[Tuple[bool, bool]]:
     if stride < 1:
         raise ValueError(f"HILA stride must be >= 1 (MODEL.HILA.STRIDES), got {stride}")
     return [(j % stride == 0, j != depth - 1 and (j - 1) % stride == 0) for j in range(depth)]
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The steps of a pair's schedule that contribute to the outputs in use, per upper block j.
+
+    ``bottom_up[j]``: Bottom-Up before block j; ``top_down[j]``: Top-Down + lower block after it;
+    ``step_norm[j]``: ``bottom_norm`` after it (``norm_every_step``); ``final_norm``: once at the
+    end. Only the first ``blocks`` upper blocks run (a norm may follow a block that does not);
+    ``bottom_in``: the lower tokens are read.
+    """
+
+    bottom_up: Tuple[bool, ...]
+    top_down: Tuple[bool, ...]
+    step_norm: Tuple[bool, ...]
+    final_norm: bool
+    blocks: int
+    bottom_in: bool
+
+    @property
+    def steps(self) -> int:
+        """Iterations j of the schedule that run anything."""
+        flags = zip(self.bottom_up, self.top_down, self.step_norm)
+        used = [j for j, step in enumerate(flags) if any(step)]
+        return max(used[-1] + 1 if used else 0, self.blocks)
+
+    @property
+    def runs_anything(self) -> bool:
+        return self.steps > 0 or self.final_norm
+
+
+def plan_pair(
+    depth: int,
+    stride: int,
+    norm_every_step: bool,
+    top_used: bool = True,
+    bottom_used: bool = True,
+) -> PairPlan:
+    """The steps of the schedule (``hila_schedule``) of a pair over ``depth`` upper blocks that
+    affect the upper tokens (``top_used``) or the lower tokens (``bottom_used``) it returns.
+
+    A backward liveness pass: a step runs only if what it writes is read later. A Top-Down step
+    (and the lower block) writes the lower tokens, reading both; a Bottom-Up step writes the upper
+    tokens, reading both; an upper block and a norm read and write one stream.
+    """
+    schedule = hila_schedule(depth, stride)
+    bottom_up, top_down, step_norm, blocks = ([False] * depth for _ in range(4))
+    top, bottom = top_used, bottom_used
+    final_norm = bottom and not norm_every_step
+    for j in reversed(range(depth)):
+        scheduled_bottom_up, scheduled_top_down = schedule[j]
+        if scheduled_top_down:
+            top_down[j] = bottom
+            top = top or bottom
+        elif norm_every_step:
+            step_norm[j] = bottom
+        blocks[j] = top
+        if scheduled_bottom_up and top:
+            bottom_up[j] = bottom = True
+    return PairPlan(
+        tuple(bottom_up), tuple(top_down), tuple(step_norm), final_norm, sum(blocks), bottom
+    )
 
 
 def init_hila_weights(module: nn.Module) -> None:
@@ -235,7 +299,9 @@ class BottomUpAttention(_InterLevelAttention):
         kv = F.unfold(kv, kernel_size=PATCH, stride=2, padding=1)  # (B, 2A*16, Ht*Wt)
         kv = kv.view(batch, 2 * self.attn_dim, PATCH_POSITIONS, ht, wt).permute(0, 3, 4, 2, 1)
         if self.kv.bias is not None:
-            kv = kv + self.kv.bias
+            # in kv's dtype: under autocast a float32 bias would promote the unfolded (16x) keys
+            # and values to float32 (nn.Linear under autocast adds its bias in low precision too)
+            kv = kv + self.kv.bias.to(kv.dtype)
         k, v = (self._heads(t).transpose(-3, -2) for t in kv.chunk(2, dim=-1))  # (B,Ht,Wt,h,16,d)
         bias = self.position_bias().float()
         if self.mask_padding:
@@ -414,6 +480,7 @@ class HILAPair(nn.Module):
     forward pass from 0. With ``norm_every_step`` (the official Swin variant, in parity mode)
     ``bottom_norm`` runs after every upper block that is not followed by Top-Down; otherwise it
     runs once at the end (the official MiT ``prevnorm``). The weights are shared by all iterations.
+    ``restrict(plan)`` keeps only the steps and modules that an encoder's used outputs need.
     """
 
     def __init__(
@@ -447,6 +514,17 @@ class HILAPair(nn.Module):
         self.bottom_up.apply(init_hila_weights)
         self.bottom_block = bottom_block
         self.bottom_norm = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
+        self.plan: Optional[PairPlan] = None  # None: every step of the schedule
+
+    def restrict(self, plan: PairPlan) -> None:
+        """Run only the steps of ``plan`` and drop the modules that none of them uses."""
+        self.plan = plan
+        if not any(plan.bottom_up):
+            self.bottom_up = None
+        if not any(plan.top_down):
+            self.top_down = self.bottom_block = None
+        if not (plan.final_norm or any(plan.step_norm)):
+            self.bottom_norm = None
 
     @classmethod
     def from_settings(
@@ -484,23 +562,25 @@ class HILAPair(nn.Module):
         Args:
             top: (B, Ht, Wt, Ct) upper tokens entering the stage's first block.
             bottom: (B, Hb, Wb, Cb) the lower stage's tokens.
-            top_blocks: the upper stage's blocks, each (B, Ht, Wt, Ct) -> (B, Ht, Wt, Ct).
+            top_blocks: the upper stage's blocks, each (B, Ht, Wt, Ct) -> (B, Ht, Wt, Ct) (the
+                first ``plan.blocks`` of them when the pair is restricted).
         Returns:
-            (upper tokens after the last block, updated and normalised lower tokens).
+            (upper tokens after the last block, updated and normalised lower tokens); with a
+            plan, either may be left partly updated when that stream is not used.
         """
+        plan = self.plan or plan_pair(len(top_blocks), self.stride, self.norm_every_step)
         uses = 0
-        for block, (bottom_up, top_down) in zip(
-            top_blocks, hila_schedule(len(top_blocks), self.stride)
-        ):
-            if bottom_up:
+        for j in range(plan.steps):
+            if plan.bottom_up[j]:
                 top = self.bottom_up(top, bottom)
-            top = block(top)
-            if top_down:
+            if j < plan.blocks:
+                top = top_blocks[j](top)
+            if plan.top_down[j]:
                 bottom = self.bottom_block(self.top_down(top, bottom), uses)
                 uses += 1
-            elif self.norm_every_step:
+            elif plan.step_norm[j]:
                 bottom = self.bottom_norm(bottom)
-        if not self.norm_every_step:
+        if plan.final_norm:
             bottom = self.bottom_norm(bottom)
         return top, bottom
 
@@ -521,23 +601,23 @@ class HILAPair(nn.Module):
         self.bottom_block.load_state_dict(source)
 
 
-def install_bottom_block_init(
-    encoder: nn.Module, pairs: Mapping[str, HILAPair], lower_blocks: Mapping[str, str]
-) -> None:
+def install_bottom_block_init(encoder: nn.Module, lower_blocks: Mapping[str, str]) -> None:
     """"No HILA pretraining": when a checkpoint loaded into (a model containing) ``encoder`` lacks
     every weight of a pair's ``bottom_block``, copy that pair's lower-stage block into it.
 
-    ``pairs`` maps a pair tag to its module and ``lower_blocks`` maps the same tag to the name,
-    relative to ``encoder``, of the lower stage's last block. The copy runs as a load_state_dict
-    post-hook, in place and only if that block itself was loaded; the copied keys are removed
-    from the reported missing keys and the copy is logged.
+    The pairs are ``encoder.hila`` (a ModuleDict by tag) at load time; ``lower_blocks`` maps a tag
+    to the name, relative to ``encoder``, of the lower stage's last block. The copy runs as a
+    load_state_dict post-hook, in place and only if that block itself was loaded; the copied keys
+    are removed from the reported missing keys and the copy is logged.
     """
-    names = {module: name for name, module in encoder.named_modules()}
-    modules: Dict[str, nn.Module] = dict(encoder.named_modules())
 
     def hook(module: nn.Module, incompatible) -> None:
         missing = incompatible.missing_keys
-        for tag, pair in pairs.items():
+        names = {module: name for name, module in encoder.named_modules()}
+        modules: Dict[str, nn.Module] = dict(encoder.named_modules())
+        for tag, pair in encoder.hila.items():
+            if pair.bottom_block is None:  # restricted to Bottom-Up only: nothing to copy into
+                continue
             marker = f"{names[pair]}.bottom_block."
             keys = [k for k in missing if marker in k]
             if not keys:
@@ -572,7 +652,5 @@ def attach_hila_pairs(
     encoder.hila = nn.ModuleDict({pair_tag(top): build_pair(top) for top in sorted(hila.stages)})
     if hila.init_bottom_from_lower_stage:
         install_bottom_block_init(
-            encoder,
-            dict(encoder.hila.items()),
-            {pair_tag(top): lower_block(top) for top in hila.stages},
+            encoder, {pair_tag(top): lower_block(top) for top in hila.stages}
         )

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = [
     "HATNET_VARIANTS",
@@ -129,7 +130,10 @@ class HierarchicalAttention(nn.Module):
         their memory layout, and a fixed layout keeps results independent of how the windows
         and heads were cut."""
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        if not self.attention_fp32 or q.dtype == torch.float32:
+        # float32 inputs run in float32 only outside autocast: under it, SDPA would cast them down
+        if not self.attention_fp32 or (
+            q.dtype == torch.float32 and not torch.is_autocast_enabled(q.device.type)
+        ):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         with torch.autocast(q.device.type, enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=key_mask)
@@ -286,8 +290,10 @@ class HATNet(PyramidBackbone):
     """HAT-Net encoder returning ``{"res2": (B, C1, ceil(H/4), ceil(W/4)), ..., "res5": (B, C4,
     ceil(H/32), ceil(W/32))}`` for an input ``(B, 3, H, W)`` of any size; each output is the
     stage's last block output (no extra norm, as PVT's dense backbones), or with HILA the pair's
-    updated, normalised lower tokens for every stage below a pair. Every stage runs whatever
-    ``out_features`` is."""
+    updated, normalised lower tokens for every stage below a pair. Only what produces
+    ``out_features`` is built (``stage_plan``): every parameter takes part in them."""
+
+    config_group = "MODEL.HATNET"  # its yacs keys
 
     @configurable
     def __init__(
@@ -397,6 +403,7 @@ class HATNet(PyramidBackbone):
             lambda top: self._build_hila_pair(top, hila),
             lambda top: f"blocks.{top - 2}.{depths[top - 2] - 1}",
         )
+        self._keep_only(plan_encoder(depths, out_features, hila))
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
@@ -409,12 +416,20 @@ class HATNet(PyramidBackbone):
             hila, top, lower["dim"], self._block_args[top - 1]["dim"], bottom_block
         )
 
+    def _drop_unplanned(self, plan: EncoderPlan) -> None:
+        for i in range(plan.num_stages, len(self.blocks)):
+            delattr(self, f"ds{i + 1}")
+        self.blocks = self.blocks[: plan.num_stages]
+        for i, blocks in enumerate(plan.blocks[: plan.num_stages]):
+            self.blocks[i] = self.blocks[i][:blocks]
+
     def _frozen_modules(self) -> List[nn.Module]:
-        """The stem (FROZEN_STAGES >= 0) and stages 1..FROZEN_STAGES with their ``ds`` layers."""
+        """The stem (FROZEN_STAGES >= 0) and stages 1..FROZEN_STAGES with their ``ds`` layers
+        (those that are built)."""
         if self.frozen_stages < 0:
             return []
         modules: List[nn.Module] = [self.patch_embed]
-        for i in range(self.frozen_stages):
+        for i in range(min(self.frozen_stages, len(self.blocks))):
             modules += ([getattr(self, f"ds{i + 1}")] if i else []) + [self.blocks[i]]
         return modules
 

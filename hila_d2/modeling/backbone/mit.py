@@ -26,6 +26,7 @@ from torch import nn
 
 from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = ["MIT_VARIANTS", "MixVisionTransformer", "build_mit_backbone"]
 
@@ -63,7 +64,10 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
     """MiT encoder returning ``{"res2": (B, C1, ceil(H/4), ceil(W/4)), ..., "res5": (B, C4,
     ceil(H/32), ceil(W/32))}`` for an input ``(B, 3, H, W)`` of any size; each output is the
     stage's tokens after its LayerNorm, as in SegFormer, or with HILA the pair's updated lower
-    tokens for every stage below a pair."""
+    tokens for every stage below a pair. Only what produces ``out_features`` is built
+    (``stage_plan``): every parameter takes part in them."""
+
+    config_group = "MODEL.MIT"  # its yacs keys
 
     @configurable
     def __init__(
@@ -111,6 +115,14 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             lambda top: self._build_hila_pair(top, hila),
             lambda top: f"stages.{top - 2}.blocks.{depths[top - 2] - 1}",
         )
+        self._keep_only(plan_encoder(depths, out_features, hila))
+
+    def _drop_unplanned(self, plan: EncoderPlan) -> None:
+        self.stages = self.stages[: plan.num_stages]
+        for stage, blocks, tokens_used in zip(self.stages, plan.blocks, plan.tokens_used):
+            stage.blocks = stage.blocks[:blocks]
+            if not tokens_used:
+                stage.norm = None
 
     def _build_hila_pair(self, top: int, hila: HILASettings) -> HILAPair:
         """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""
@@ -156,7 +168,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             else:
                 for block in blocks:
                     tokens = block(tokens)
-            outputs.append(stage.norm(tokens))
+            outputs.append(tokens if stage.norm is None else stage.norm(tokens))
         return {
             name: out.permute(0, 3, 1, 2).contiguous()
             for name, out in zip(STAGE_NAMES, outputs)

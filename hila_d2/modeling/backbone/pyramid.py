@@ -1,6 +1,7 @@
 """What the four-stage hierarchical encoders (MiT, Swin, HAT-Net) share as detectron2 backbones: outputs
 ``res2..res5`` at strides 4, 8, 16, 32, their ``output_shape`` and ``size_divisibility`` and ``padding_constraints``."""
-from typing import Any, Dict, Mapping, Sequence
+from abc import abstractmethod
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
@@ -37,9 +38,34 @@ def variant_spec(variants: Mapping[str, Any], variant: str, family: str, key: st
 
 class PyramidBackbone(Backbone):
     """A detectron2 ``Backbone`` whose subclass sets ``_out_features`` and the per-stage
-    ``_out_feature_channels`` (name -> C) in its constructor."""
+    ``_out_feature_channels`` (name -> C) in its constructor, builds its full model with HILA
+    pairs in ``self.hila``, and then calls ``_keep_only(plan)``.
+
+    ``unbuilt_keys`` lists the state-dict keys (relative to the backbone) of the full model that
+    the plan dropped, because they produce no requested output: a checkpoint of the full model
+    may hold them (``ValidatingCheckpointer`` accepts them as unused).
+    """
 
     _out_feature_strides = dict(zip(STAGE_NAMES, STAGE_STRIDES))
+    config_group = ""  # the encoder's yacs group, e.g. "MODEL.MIT"
+    unbuilt_keys: Tuple[str, ...] = ()
+
+    def _keep_only(self, plan) -> None:
+        """Drop the stages, blocks, norms (``_drop_unplanned``, per encoder) and HILA steps that
+        ``plan`` (an ``EncoderPlan``) does not run, and record their keys in ``unbuilt_keys``."""
+        before = set(self.state_dict())
+        self._drop_unplanned(plan)
+        for tag in list(self.hila):
+            top = int(tag[1])
+            if top in plan.pairs:
+                self.hila[tag].restrict(plan.pairs[top])
+            else:
+                del self.hila[tag]
+        self.unbuilt_keys = tuple(sorted(before - set(self.state_dict())))
+
+    @abstractmethod
+    def _drop_unplanned(self, plan) -> None:
+        """Remove the encoder's own modules that ``plan`` does not run."""
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {

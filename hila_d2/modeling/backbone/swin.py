@@ -40,6 +40,7 @@ from torch import nn
 
 from ..hila import HILAPair, HILASettings, attach_hila_pairs, init_hila_weights, pair_tag
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = [
     "SWIN_VARIANTS",
@@ -137,8 +138,10 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
     to a multiple of 4, patch merging pads odd sizes); each output is the stage's tokens after its
     ``norm{i}``, or with HILA the pair's updated lower tokens for every stage below a pair.
     timm's final norm and classifier are removed, and ``norm{i}`` exists only for the stages in
-    ``out_features`` that are not below a pair, so that every parameter gets a gradient when all
-    four stages are returned. Every stage runs whatever ``out_features`` is."""
+    ``out_features`` that are not below a pair. Only what produces ``out_features`` is built
+    (``stage_plan``): every parameter takes part in them."""
+
+    config_group = "MODEL.HILA_D2_SWIN"  # its yacs keys
 
     @configurable
     def __init__(
@@ -188,8 +191,8 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
         self._out_features = list(out_features)
         dims = [spec["embed_dim"] * 2**i for i in range(len(STAGE_NAMES))]
         below_a_pair = {top - 2 for top in hila.stages}  # 0-based lower stages of the pairs
-        for i, (name, dim) in enumerate(zip(STAGE_NAMES, dims)):
-            if name in self._out_features and i not in below_a_pair:
+        for i, dim in enumerate(dims):
+            if i not in below_a_pair:
                 self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self._out_feature_channels = dict(zip(STAGE_NAMES, dims))
         attach_hila_pairs(
@@ -198,6 +201,17 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             lambda top: self._build_hila_pair(top, dims, window_size, hila),
             lambda top: f"layers.{top - 2}.blocks.{spec['depths'][top - 2] - 1}",
         )
+        self._keep_only(
+            plan_encoder(spec["depths"], out_features, hila, norm_every_step=hila.parity_mode)
+        )
+
+    def _drop_unplanned(self, plan: EncoderPlan) -> None:
+        self.layers = self.layers[: plan.num_stages]
+        for stage, blocks in zip(self.layers, plan.blocks):
+            stage.blocks = stage.blocks[:blocks]
+        for i, name in enumerate(STAGE_NAMES):
+            if name not in self._out_features and hasattr(self, f"norm{i}"):
+                delattr(self, f"norm{i}")
 
     def _build_hila_pair(
         self, top: int, dims: Sequence[int], window_size: int, hila: HILASettings

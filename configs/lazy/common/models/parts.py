@@ -1,0 +1,42 @@
+"""Pieces shared by the lazy model configs: the input normalisation, the head ``input_shape`` of
+an encoder's stages, and HILA settings with every field spelled out."""
+
+from typing import Sequence
+
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+
+from hila_d2.modeling.backbone.pyramid import STAGE_NAMES, STAGE_STRIDES
+from hila_d2.modeling.hila import HILASettings
+
+# ImageNet mean/std in RGB order, 0-255 scale (MiT and Swin were pretrained on RGB images); the
+# data mappers read images as RGB (image_format="RGB")
+IMAGENET_RGB_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_RGB_STD = [58.395, 57.12, 57.375]
+
+
+def feature_shapes(channels: Sequence[int], names: Sequence[str] = STAGE_NAMES):
+    """Lazy ``{name: ShapeSpec(channels=..., stride=...)}`` of the encoder stages ``names``
+    (res2..res5 at strides 4..32); ``channels`` lists the widths of all four stages."""
+    by_name = dict(zip(STAGE_NAMES, zip(channels, STAGE_STRIDES)))
+    # the target by name: omegaconf cannot hold the type ``dict`` itself
+    return L("builtins.dict")(
+        **{name: L(ShapeSpec)(channels=by_name[name][0], stride=by_name[name][1]) for name in names}
+    )
+
+
+def hila_settings(**overrides):
+    """Lazy ``HILASettings`` with every field spelled out, at the MODEL.HILA defaults of
+    hila_d2/config.py (HILA off), then ``overrides``: ``hila_settings(stages=[3])`` is S3."""
+    fields = dict(
+        stages=[],
+        strides=[1, 1, 1, 1],
+        mlp_ratio=4.0,
+        bottom_mlp_ratio=4.0,
+        num_heads=1,
+        info_weights=[0.5, 0.5],
+        parity_mode=True,
+        init_bottom_from_lower_stage=False,
+    )
+    fields.update(overrides)
+    return L(HILASettings)(**fields)

@@ -16,10 +16,7 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.projects.deeplab import add_deeplab_config
-from detectron2.projects.panoptic_deeplab import (
-    PanopticDeeplabDatasetMapper,  # noqa: F401  (registers nothing; imported as a client would)
-    add_panoptic_deeplab_config,
-)
+from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 from detectron2.projects.panoptic_deeplab.target_generator import PanopticDeepLabTargetGenerator
 from detectron2.projects.point_rend import add_pointrend_config
 from test_config_coexistence import flatten
@@ -55,24 +52,31 @@ HILA = {"plain": "[]", "S3": "[3]", "S234": "[2, 3, 4]"}
 
 COMMON = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.CROP.ENABLED", "False",
           "DATASETS.TRAIN", f"('{METADATA}',)", "DATASETS.TEST", f"('{METADATA}',)"]  # fmt: skip
+
+
+def narrow_aspp_head(group: str, in_features: List[str]) -> List[str]:
+    """Overrides that make a DeepLab-style head (ASPP on the last feature, projections of the
+    others) in ``MODEL.<group>`` small, with BatchNorm instead of SyncBN."""
+    return [
+        f"MODEL.{group}.IN_FEATURES", str(in_features),
+        f"MODEL.{group}.PROJECT_FEATURES", str(in_features[:-1]),
+        f"MODEL.{group}.PROJECT_CHANNELS", str([16] * (len(in_features) - 1)),
+        f"MODEL.{group}.ASPP_CHANNELS", "32", f"MODEL.{group}.CONVS_DIM", "32",
+        f"MODEL.{group}.COMMON_STRIDE", "4", f"MODEL.{group}.NORM", "BN",
+    ]  # fmt: skip
+
+
 PROJECTS = {
     "panoptic_deeplab": (
         add_panoptic_deeplab_config,
         ["res2", "res3", "res5"],
         ["MODEL.META_ARCHITECTURE", "PanopticDeepLab",
          "MODEL.SEM_SEG_HEAD.NAME", "PanopticDeepLabSemSegHead",
-         "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res3', 'res5']",
-         "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES", "['res2', 'res3']",
-         "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[16, 16]",
-         "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-         "MODEL.SEM_SEG_HEAD.HEAD_CHANNELS", "16", "MODEL.SEM_SEG_HEAD.COMMON_STRIDE", "4",
-         "MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
-         "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "255",
-         "MODEL.INS_EMBED_HEAD.IN_FEATURES", "['res2', 'res3', 'res5']",
-         "MODEL.INS_EMBED_HEAD.PROJECT_FEATURES", "['res2', 'res3']",
-         "MODEL.INS_EMBED_HEAD.PROJECT_CHANNELS", "[16, 16]",
-         "MODEL.INS_EMBED_HEAD.ASPP_CHANNELS", "32", "MODEL.INS_EMBED_HEAD.CONVS_DIM", "32",
-         "MODEL.INS_EMBED_HEAD.HEAD_CHANNELS", "16", "MODEL.INS_EMBED_HEAD.NORM", "BN",
+         *narrow_aspp_head("SEM_SEG_HEAD", ["res2", "res3", "res5"]),
+         "MODEL.SEM_SEG_HEAD.HEAD_CHANNELS", "16", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "255",
+         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
+         *narrow_aspp_head("INS_EMBED_HEAD", ["res2", "res3", "res5"]),
+         "MODEL.INS_EMBED_HEAD.HEAD_CHANNELS", "16",
          "MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "16", "MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE", "10"],
     ),
     "deeplab_v3_plus": (
@@ -80,11 +84,7 @@ PROJECTS = {
         ["res2", "res5"],
         ["MODEL.META_ARCHITECTURE", "SemanticSegmentor",
          "MODEL.SEM_SEG_HEAD.NAME", "DeepLabV3PlusHead",
-         "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res5']",
-         "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES", "['res2']",
-         "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[16]",
-         "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-         "MODEL.SEM_SEG_HEAD.COMMON_STRIDE", "4", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+         *narrow_aspp_head("SEM_SEG_HEAD", ["res2", "res5"]),
          "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy",
          "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES)],
     ),

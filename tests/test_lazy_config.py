@@ -7,6 +7,7 @@ outputs on a small image; its optimizer has the YAML recipe's parameter groups, 
 YAML schedule, its train/test mappers and loaders the YAML data settings. A slow test trains
 for a few iterations, evaluates, resumes and re-evaluates through the entry point."""
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from fvcore.common.param_scheduler import ParamScheduler
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, ListConfig
 
 import hila_d2
 from hila_d2.data.mappers import build_train_mapper
+from hila_d2.modeling.hila import HILASettings
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 from project_config import REPO, load_config
 
@@ -52,13 +55,23 @@ TWINS = {
     "configs/lazy/builtin/instance-segmentation/hila_mask_rcnn_mit_b0_s3.py": (
         "configs/builtin/instance-segmentation/hila_mask_rcnn_mit_b0_s3.yaml"
     ),
+    "configs/lazy/coco/instance-segmentation/mask_rcnn_swin_t_1x.py": (
+        "configs/coco/instance-segmentation/mask_rcnn_swin_t_1x.yaml"
+    ),
+    "configs/lazy/coco/instance-segmentation/hila_mask_rcnn_swin_t_s234_1x.py": (
+        "configs/coco/instance-segmentation/hila_mask_rcnn_swin_t_s234_1x.yaml"
+    ),
 }
-SWIN_TWINS = [lazy for lazy in TWINS if "/swin/" in lazy]
-# tests/project_config.py turns the YAML SyncBN into BN (SyncBN needs GPUs): so do the lazy twins.
-CPU_OVERRIDES = {lazy: ("model.sem_seg_head.norm=BN",) for lazy in SWIN_TWINS}
+SWIN_TWINS = [lazy for lazy in TWINS if "swin" in lazy]
+# tests/project_config.py turns the YAML SyncBN into BN (SyncBN needs GPUs): so do the lazy twins
+# with a decode head (the Mask R-CNN twins have no SyncBN).
+CPU_OVERRIDES = {
+    lazy: ("model.sem_seg_head.norm=BN",) for lazy in SWIN_TWINS if "semantic-segmentation" in lazy
+}
 # Small models for the output comparison, the same change through both key systems: MiT depths
 # 1/1/2/1 (HILA S3 then still runs one Top-Down step in stage 3). Swin has no depth key; the
-# UperNet twins run at full size. Each entry: (YAML "KEY VALUE" opts, lazy "key=value" overrides).
+# Swin twins (UperNet and Mask R-CNN) run at full size, on the small IMAGE_HW input. Each entry:
+# (YAML "KEY VALUE" opts, lazy "key=value" overrides).
 MIT_DEPTHS = "[1, 1, 2, 1]"
 SMALL = {
     lazy: (
@@ -71,6 +84,18 @@ SMALL = {
     )
     for lazy in TWINS
     if lazy not in SWIN_TWINS
+}
+# COCO's 80 classes: a randomly initialised box predictor scores each class about 1/81, under the
+# 0.05 test threshold, which would leave no detection to compare; the output comparison lowers
+# the threshold, again through both key systems (same entry format as SMALL).
+SCORE_THRESH = "0.001"
+OUTPUT_OPTS = {
+    lazy: (
+        ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", SCORE_THRESH),
+        ("model.roi_heads.box_predictor.test_score_thresh=" + SCORE_THRESH,),
+    )
+    for lazy in TWINS
+    if lazy.startswith("configs/lazy/coco/")
 }
 SEED = 0
 IMAGE_HW = (64, 96)
@@ -88,13 +113,19 @@ def seeded(build, seed: int = SEED) -> torch.nn.Module:
 
 def build_pair(lazy: str, small: bool = True) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """(YAML model, lazy model), each built right after ``torch.manual_seed(SEED)``; with
-    ``small``, through the SMALL overrides.
+    ``small``, through the SMALL and OUTPUT_OPTS overrides.
 
     Both build the same modules in the same order (encoder, its HILA pairs, then FPN and heads,
     as detectron2's ``from_config`` builders and LazyConfig's argument-by-argument
     instantiation do), so the same seed gives the same initial weights, which
     ``assert_same_weights`` checks instead of copying them over."""
     yaml_opts, lazy_overrides = SMALL.get(lazy, ((), ())) if small else ((), ())
+    if small:
+        output_yaml_opts, output_lazy_overrides = OUTPUT_OPTS.get(lazy, ((), ()))
+        yaml_opts, lazy_overrides = (
+            yaml_opts + output_yaml_opts,
+            lazy_overrides + output_lazy_overrides,
+        )
     yaml_model = seeded(lambda: build_model(load_config(TWINS[lazy], *yaml_opts)))
     lazy_cfg = load_lazy(lazy, CPU_OVERRIDES.get(lazy, ()) + lazy_overrides)
     lazy_model = seeded(lambda: instantiate(lazy_cfg.model))
@@ -168,7 +199,8 @@ def test_lazy_config_loads_and_instantiates(lazy, single_thread):
     assert all(isinstance(mapper, DatasetMapper) for mapper in mappers)
     names = [cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names]
     assert all(name in DatasetCatalog.list() for name in names), names
-    if lazy.startswith("configs/lazy/builtin/"):  # generated on demand; ADE20K must be downloaded
+    # generated on demand; ADE20K and COCO must be downloaded (their names are registered)
+    if lazy.startswith("configs/lazy/builtin/"):
         loader = instantiate(cfg.dataloader.train)
         batch = next(iter(loader))
         assert len(batch) == cfg.dataloader.train.total_batch_size
@@ -181,7 +213,7 @@ def test_lazy_config_loads_and_instantiates(lazy, single_thread):
 @pytest.mark.parametrize("lazy", sorted(SMALL))
 def test_full_size_model_equals_the_yaml_twin(lazy, single_thread):
     """The configs as written: same parameter count, names, shapes and seeded values (the Swin
-    twins are compared at full size by the output test below)."""
+    twins, UperNet and Mask R-CNN, are compared at full size by the output test below)."""
     yaml_model, lazy_model = build_pair(lazy, small=False)
     assert parameter_count(lazy_model) == parameter_count(yaml_model)
     assert_same_weights(yaml_model, lazy_model)
@@ -332,6 +364,33 @@ def test_data_follow_the_yaml_recipe(lazy):
         assert model.sem_seg_head.num_classes == yaml_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         features = set(model.sem_seg_head.input_shape) - {"_target_"}
         assert features == set(yaml_cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES)
+    else:
+        assert model.roi_heads.num_classes == yaml_cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def lazy_encoder(model_cfg: DictConfig) -> DictConfig:
+    """The encoder node of a lazy model config (Mask R-CNN: the FPN's bottom-up)."""
+    backbone = model_cfg.backbone
+    return backbone.bottom_up if "bottom_up" in backbone else backbone
+
+
+@pytest.mark.parametrize("lazy", sorted(TWINS))
+def test_encoder_arguments_follow_the_yaml(lazy):
+    """The encoder's constructor arguments are those its ``from_config`` reads from the YAML twin,
+    also the ones that the seeded-weight and output comparisons cannot see: the drop-path rate
+    (no parameters, inactive in eval mode) and MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE (it acts
+    when a checkpoint is loaded)."""
+    yaml_cfg = load_config(TWINS[lazy])
+    encoder = lazy_encoder(load_lazy(lazy).model)
+    # the input shape that detectron2's build_backbone gives the backbone builder
+    input_shape = ShapeSpec(channels=len(yaml_cfg.MODEL.PIXEL_MEAN))
+    theirs = encoder._target_.from_config(yaml_cfg, input_shape)
+    ours = {key: value for key, value in encoder.items() if key != "_target_"}
+    ours["hila"] = instantiate(ours["hila"])
+    assert isinstance(ours["hila"], HILASettings)
+    for arguments in (ours, theirs):
+        arguments["hila"] = dataclasses.asdict(arguments["hila"])
+    assert _plain(ours) == _plain(theirs)
 
 
 def test_overrides_reach_the_optimizer_groups(single_thread):

@@ -64,7 +64,7 @@ from hila_d2.utils.references import (  # noqa: E402
 # family -> (title, config node, variants, reference implementation or None)
 FAMILIES = {
     "mit": ("MiT", "MIT", MIT_VARIANTS, "transformers SegformerModel"),
-    "swin": ("Swin", "SWIN", SWIN_VARIANTS, "timm SwinTransformer"),
+    "swin": ("Swin", "HILA_D2_SWIN", SWIN_VARIANTS, "timm SwinTransformer"),
     "hatnet": ("HAT-Net", "HATNET", HATNET_VARIANTS, None),
 }
 # family -> the config whose MODEL.* (its HILA settings above all) our encoders are built from

@@ -6,6 +6,13 @@ detectron2 checkpoint of a hila_d2 model, for ``MODEL.WEIGHTS``:
     python tools/convert_pretrained.py swin_base_patch4_window12_384.pth swin.pkl --window-size 12
     python tools/convert_pretrained.py B1_S234.pth output/hila_b1_s234.pkl
     python tools/convert_pretrained.py HAT-Net_Small.pth output/hatnet_s_fpn.pkl --fpn
+    python tools/convert_pretrained.py segformer-b0-finetuned-ade-512-512/ output/segformer_b0.pkl
+    python tools/convert_pretrained.py swin_tiny_patch4_window7_224/model.safetensors swin_t.pkl
+
+SRC may be any format of ``SUPPORTED_FORMATS`` in any file kind that ``hila_d2.checkpoint.files``
+reads: ``.pth``/``.bin``/``.pkl``, ``.safetensors``, or a hub model directory (transformers'
+``save_pretrained`` output, a downloaded snapshot); a ``config.json`` beside transformers or timm
+weights is checked against them.
 
 DST ending in ``.pkl`` gets detectron2's model-zoo layout (numpy arrays, no name-matching
 heuristics); ``.pth`` gets ``{"model": tensors}``. ``--fpn`` names the encoder weights as the
@@ -25,28 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from hila_d2.checkpoint.convert import ConversionResult, convert_checkpoint  # noqa: E402
-
-
-def _print_keys(title: str, keys, note: str = "") -> None:
-    print(f"{title} ({len(keys)}){note}" + (":" if keys else ""))
-    for key in keys:
-        print(f"  {key}")
-
-
-# the MODEL.HILA keys that shape no weight, so no checkpoint tells them
-HILA_NOTE = (
-    "note: MODEL.HILA.STRIDES, NUM_HEADS and PARITY_MODE leave no trace in the weights; the paper "
-    'configs use STRIDES [1,1,1,1] (HILA "B2": [1,1,3,1], Swin: [1,1,2,1]), NUM_HEADS 1 and, '
-    "for official checkpoints, PARITY_MODE True"
+from hila_d2.checkpoint.convert import ConversionResult  # noqa: E402
+from hila_d2.checkpoint.files import (  # noqa: E402, F401  (HILA_NOTE, config_value: API)
+    HILA_NOTE,
+    config_value,
+    convert_source,
+    read_checkpoint,
+    report_lines,
 )
-
-
-def config_value(value) -> str:
-    """A config value as one command-line token that detectron2 parses back (lists without
-    spaces; strings bare)."""
-    return value if isinstance(value, str) else repr(value).replace(" ", "")
-
 
 BACKBONE = "backbone."
 FPN_ENCODER = "backbone.bottom_up."  # detectron2's FPN holds the encoder as its bottom_up
@@ -83,7 +76,11 @@ def write_checkpoint(result: ConversionResult, dst: str, fpn: bool = False) -> N
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="official checkpoint (.pth), e.g. mit_b0.pth")
+    parser.add_argument(
+        "src",
+        help="official checkpoint (.pth, .pkl), transformers or timm weights (.safetensors, "
+        ".bin) or a model directory (config.json + model.safetensors or pytorch_model.bin)",
+    )
     parser.add_argument("dst", help="output detectron2 checkpoint, ending in .pkl or .pth")
     parser.add_argument(
         "--window-size",
@@ -102,32 +99,14 @@ def main(argv=None) -> None:
         parser.error(f"DST must end in .pkl or .pth, got {args.dst!r}")
 
     try:
-        checkpoint = torch.load(args.src, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated or not a torch file: all mean "cannot read"
-        sys.exit(f"error: cannot read {args.src!r} as a torch checkpoint: {type(e).__name__}: {e}")
+        source = read_checkpoint(args.src)
+    except ValueError as e:  # missing, truncated or not a checkpoint: all mean "cannot read"
+        sys.exit(f"error: {e}")
     try:
-        result = convert_checkpoint(checkpoint, window_size=args.window_size)
+        result = convert_source(source, window_size=args.window_size)
     except ValueError as e:
-        sys.exit(f"error: cannot convert {args.src!r}: {e}")
-
-    print(f"source format: {result.source_format}")
-    print(f"variant: {result.variant}")
-    print(f"converted tensors: {len(result.model)}")
-    _print_keys("dropped source keys", result.dropped)
-    head_only = bool(result.missing) and all(k.startswith("sem_seg_head.") for k in result.missing)
-    note = (
-        " [the decode head: not in this checkpoint, it keeps its initialisation]"
-        if head_only
-        else ""
-    )
-    _print_keys("missing model keys", result.missing, note)
-    _print_keys(
-        "config",
-        [f"{key} {config_value(value)}" for key, value in result.config.items()],
-        " [KEY VALUE: set these in the YAML or append them to the train_net.py command line]",
-    )
-    if "MODEL.HILA.STAGES" in result.config:
-        print(HILA_NOTE)
+        sys.exit(f"error: cannot convert {e}")
+    print("\n".join(report_lines(result)))
     try:
         write_checkpoint(result, args.dst, fpn=args.fpn)
     except ValueError as e:

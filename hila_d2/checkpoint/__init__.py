@@ -2,6 +2,8 @@
 
 ``convert`` is the entry point (``convert_checkpoint``, ``SUPPORTED_FORMATS``); ``core`` holds the
 shared machinery, ``segformer`` and ``swin`` the converters of each family, ``hila`` the HILA pair
-names both use; ``loading`` the checkpointer that refuses checkpoints that do not fit a model.
+names both use; ``files`` the readers of each file kind (.safetensors, .bin, .pth, .pkl, a hub
+model directory with config.json) and the conversion report; ``loading`` the checkpointer that
+converts source files on load and refuses checkpoints that do not fit a model.
 """
 from . import convert  # noqa: F401  (fills core.FORMATS in detection order)

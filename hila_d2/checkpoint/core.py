@@ -10,7 +10,7 @@ every size off the tensors, builds the expected model on the meta device and ret
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -62,7 +62,9 @@ class ConversionResult:
     MiT file, the whole ``sem_seg_head``; for an ImageNet Swin file, whose head is not fixed, only
     the backbone's ``norm{i}``), both sorted; ``config``: the config keys and values that build
     that model (e.g. ``{"MODEL.MIT.VARIANT": "B2", "MODEL.MIT.DEPTHS": [2, 2, 6, 2],
-    "MODEL.HILA.STAGES": [2, 3, 4], ...}``), read off the tensors.
+    "MODEL.HILA.STAGES": [2, 3, 4], ...}``), read off the tensors; ``labels``: the class names
+    of the decode head where the source names them (a transformers ``config.json``'s
+    ``id2label``), else None.
     """
 
     model: Dict[str, torch.Tensor]
@@ -71,6 +73,7 @@ class ConversionResult:
     dropped: List[str]
     missing: List[str]
     config: Dict[str, Any]
+    labels: Optional[List[str]] = None
 
 
 @dataclass

@@ -5,7 +5,9 @@ another variant or with missing keys trains or evaluates a half-random model wit
 ``ValidatingCheckpointer`` raises a ``CheckpointError`` instead, listing what is wrong.
 """
 import fnmatch
-from typing import Any, Dict, Iterable, List, Sequence, Set
+import math
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -14,6 +16,8 @@ from torch import nn
 __all__ = ["CheckpointError", "ValidatingCheckpointer"]
 
 _SHOWN = 10  # keys listed per kind of problem
+# file kinds that only a converter reads (detectron2 reads .pth and .pkl itself)
+_SOURCE_ONLY = (".safetensors", ".bin")
 
 
 class CheckpointError(ValueError):
@@ -54,6 +58,14 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     a MiT asked for res2..res4 only), are accepted and left unused. ``.pth`` files are read with
     ``weights_only=True``; ``.pkl`` files are detectron2's model-zoo layout of numpy arrays,
     which only pickle reads.
+
+    ``MODEL.WEIGHTS`` may also name a file of any ``SUPPORTED_FORMATS`` source format (an official
+    release, transformers or timm weights: ``.pth``, ``.pkl``, ``.bin``, ``.safetensors``, or a
+    model directory with ``config.json``): it is converted in memory as
+    ``tools/convert_pretrained.py`` would (``hila_d2.checkpoint.files``, the same report logged,
+    Swin tables resized to the model's window, FPN models' ``backbone.bottom_up`` names), and
+    the same errors refuse it before any weight is loaded. A file holding any key of the model
+    loads as before, unconverted.
     """
 
     def __init__(
@@ -63,6 +75,7 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         self.optional_keys = tuple(optional_keys)
         self._resuming = False
         self._path = ""
+        self._converted_from = None  # (format, config keys) of a file converted on load
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """detectron2's ``resume_or_load``; a resume from the last checkpoint requires every key."""
@@ -74,14 +87,28 @@ class ValidatingCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         self._path = path
+        self._converted_from = None
+        if path and os.path.isdir(path):  # a model directory: its weights file, config.json beside
+            from .files import HUB_WEIGHTS
+
+            found = [os.path.join(path, n) for n in HUB_WEIGHTS]
+            found = [f for f in found if os.path.isfile(f)]
+            if not found:
+                raise CheckpointError(
+                    f"Cannot read the checkpoint {path!r}: a model directory holds config.json "
+                    f"and one of {', '.join(HUB_WEIGHTS)}; found {sorted(os.listdir(path))[:10]}"
+                )
+            path = found[0]
         try:
             return super().load(path, *args, **kwargs)
         finally:  # detectron2 resets it only after a successful load, and asserts it on the next
             self._parsed_url_during_load = None
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(_SOURCE_ONLY):
+            return self._converted(filename, None)
         try:
-            return super()._load_file(filename)
+            loaded = super()._load_file(filename)
         except Exception as error:  # torch, zipfile and pickle each raise their own types
             raise CheckpointError(
                 f"Cannot read the checkpoint {filename!r}: {type(error).__name__}: {error}\n"
@@ -90,12 +117,91 @@ class ValidatingCheckpointer(DetectionCheckpointer):
                 "(it is read with torch.load(weights_only=True)). Replace it, or convert an "
                 "official checkpoint with tools/convert_pretrained.py."
             ) from error
+        return self._converted(filename, loaded)
+
+    def _converted(self, filename: str, loaded: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """``loaded`` as it is when it holds keys of the model (detectron2/hila_d2 layout) or no
+        supported source format; else converted in memory (``hila_d2.checkpoint.files``), with
+        the converter's report logged. ``loaded`` None: read ``filename`` (a .safetensors file or
+        a model directory) first. Unreadable or unconvertible files raise a CheckpointError."""
+        from .convert import SWIN_CLASSIFIER_CONVERTERS, detect_format
+        from .core import FORMATS, _state_dict_of
+        from .files import SourceFile, _tensors, convert_source, read_checkpoint, report_lines
+
+        if loaded is None:
+            try:
+                source = read_checkpoint(filename)
+            except ValueError as error:
+                raise CheckpointError(f"Cannot read the checkpoint: {error}") from error
+            loaded = {"model": _state_dict_of(source.obj)}
+        else:
+            source = SourceFile(_tensors(_state_dict_of(loaded.get("model"))), filename)
+        state = _state_dict_of(source.obj)
+        if not isinstance(state, Mapping) or not state:
+            return loaded
+        own = self.model.state_dict().keys()
+        if any(key in own for key in state):
+            return loaded  # detectron2 / hila_d2 layout: loads as before
+        try:
+            source_format = detect_format(state)
+        except ValueError as error:
+            if filename.endswith(_SOURCE_ONLY):
+                raise CheckpointError(
+                    f"Cannot convert the checkpoint {filename!r}: {error}"
+                ) from error
+            return loaded  # as before: _load_model lists what does not fit
+        window = None
+        if FORMATS[source_format].convert in SWIN_CLASSIFIER_CONVERTERS:
+            window = self._model_window()
+        try:
+            result = convert_source(source, window_size=window)
+        except ValueError as error:
+            raise CheckpointError(f"Cannot convert the checkpoint {error}") from error
+        model = self._model_names(result.model)
+        self.logger.info(
+            f"Converted {filename!r} in memory:\n" + "\n".join(report_lines(result))
+        )
+        self._converted_from = (result.source_format, result.config)
+        return {
+            "model": model,
+            "__author__": f"hila_d2 in-memory conversion ({result.source_format})",
+            "matching_heuristics": False,
+        }
+
+    def _model_window(self) -> Optional[int]:
+        """The attention window of the model's Swin (its relative position tables), or None."""
+        for key, value in self.model.state_dict().items():
+            if key.endswith("relative_position_bias_table") and value.dim() == 2:  # not HILA's
+                return (math.isqrt(value.shape[0]) + 1) // 2
+        return None
+
+    def _model_names(self, converted: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``converted`` (``backbone.…`` names) under ``backbone.bottom_up.…`` when the model is
+        an FPN whose encoder is its bottom_up, else as it is."""
+        own = self.model.state_dict().keys()
+        fpn = "backbone.bottom_up."
+        if any(k in own for k in converted) or not any(k.startswith(fpn) for k in own):
+            return converted
+        return {
+            (fpn + k[len("backbone.") :] if k.startswith("backbone.") else k): v
+            for k, v in converted.items()
+        }
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
         return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
+        # detectron2 loads every tensor that fits before the checks below can refuse the rest:
+        # keep the model's state to put back, so that a refused checkpoint loads nothing
+        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
+        try:
+            return self._check_incompatible(incompatible)
+        except CheckpointError:
+            self.model.load_state_dict(backup)
+            raise
+
+    def _check_incompatible(self, incompatible):
         optional = () if self._resuming else self.optional_keys
 
         def required(key: str) -> bool:
@@ -125,6 +231,14 @@ class ValidatingCheckpointer(DetectionCheckpointer):
             exempt = "Every key must match (evaluation and inference load the whole model)."
         lines = [
             f"The checkpoint {self._path!r} does not fit the {type(self.model).__name__} model:",
+            *(
+                [
+                    f"  it was converted from {self._converted_from[0]} and fits a model of "
+                    + ", ".join(f"{k} {v}" for k, v in self._converted_from[1].items())
+                ]
+                if self._converted_from
+                else []
+            ),
             *_listing("model keys the checkpoint lacks", missing),
             *_listing("checkpoint keys the model lacks", unexpected),
             *_listing("tensors of another shape", shapes),

@@ -21,7 +21,14 @@ from .core import (
 )
 from .hila import hila_config, hila_param_name, infer_hila_settings
 
-__all__ = ["convert_segformer", "hf_segformer_to_official", "infer_mit_variant", "segformer_shapes"]
+__all__ = [
+    "convert_hf_segformer",
+    "convert_segformer",
+    "convert_timm_pvt_v2",
+    "hf_segformer_to_official",
+    "infer_mit_variant",
+    "segformer_shapes",
+]
 
 
 # SegFormer decode head (mmseg "decode_head.…") -> SegFormerHead
@@ -203,4 +210,181 @@ def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
         config["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = num_classes
         config["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = embed_dim
     expected = segformer_shapes(variant, depths=depths, hila=hila, **head_sizes)
+    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+
+
+# transformers' Segformer names as the hub's files and ``save_pretrained`` (5.23.0 included)
+# write them -> NVlabs MiT / mmseg SegFormer names. The encoder sits behind "segformer.encoder."
+# (SegformerFor*) or "encoder." (SegformerModel); K and V go into attn.kv.
+_HF_PARAM = r"(?=[^.]+$)"  # the rule must reach the parameter name
+_HF_ENCODER = r"(?:segformer\.)?encoder\."
+_HF_BLOCK = _HF_ENCODER + r"block\.(\d)\.(\d+)\."
+_HF_ON_DISK = compile_renames(
+    *(
+        (_HF_ENCODER + rf"patch_embeddings\.(\d)\.{hf}\.{_HF_PARAM}",
+         lambda m, ours=ours: f"patch_embed{int(m[1]) + 1}.{ours}.")
+        for hf, ours in (("proj", "proj"), ("layer_norm", "norm"))
+    ),
+    *(
+        (_HF_BLOCK + hf.replace(".", r"\.") + rf"\.{_HF_PARAM}",
+         lambda m, ours=ours: f"block{int(m[1]) + 1}.{m[2]}.{ours}.")
+        for hf, ours in (
+            ("layer_norm_1", "norm1"),
+            ("layer_norm_2", "norm2"),
+            ("attention.self.query", "attn.q"),
+            ("attention.self.key", "attn.kv"),  # rows [:C]
+            ("attention.self.value", "attn.kv"),  # rows [C:]
+            ("attention.self.sr", "attn.sr"),
+            ("attention.self.layer_norm", "attn.norm"),
+            ("attention.output.dense", "attn.proj"),
+            ("mlp.dense1", "mlp.fc1"),
+            ("mlp.dwconv.dwconv", "mlp.dwconv.dwconv"),
+            ("mlp.dense2", "mlp.fc2"),
+        )
+    ),
+    (_HF_ENCODER + rf"layer_norm\.(\d)\.{_HF_PARAM}", lambda m: f"norm{int(m[1]) + 1}."),
+    (rf"decode_head\.linear_c\.(\d)\.proj\.{_HF_PARAM}",
+     lambda m: f"decode_head.linear_c{int(m[1]) + 1}.proj."),
+    (rf"decode_head\.linear_fuse\.{_HF_PARAM}", "decode_head.linear_fuse.conv."),
+    (rf"decode_head\.batch_norm\.{_HF_PARAM}", "decode_head.linear_fuse.bn."),
+    (rf"decode_head\.classifier\.{_HF_PARAM}", "decode_head.linear_pred."),
+)
+
+
+def _hf_v5_official_name(key: str) -> str:
+    """transformers 5.x in-memory name (``[segformer.]stages.…``, ``decode_head.…``) -> the
+    official name (K and V both -> ``attn.kv``), or "" if it has none."""
+    try:
+        if key.startswith("decode_head."):
+            local = key[len("decode_head.") :]
+            return "decode_head." + _replace_prefix(local, _HF_HEAD_RENAMES)
+        local = key[len("segformer.") :] if key.startswith("segformer.") else key
+        if ".attention.v_proj." in local:
+            local = local.replace(".attention.v_proj.", ".attention.k_proj.")
+        return _official_mit_name(local) or ""
+    except (AttributeError, StopIteration):
+        return ""
+
+
+def _is_value(key: str) -> bool:
+    return ".attention.self.value." in key or ".attention.v_proj." in key
+
+
+def _restore_names(message: str, names: Mapping[str, str], official: str, source: str) -> str:
+    """``message`` of ``convert_segformer`` with each quoted official key replaced by the source
+    key(s) it came from and the official format name by the source's."""
+    for name, key in names.items():
+        message = message.replace(repr(name), key)
+    return message.replace(official, source)
+
+
+def convert_hf_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
+    """transformers Segformer weights -> hila_d2 SegFormer names.
+
+    ``checkpoint``: the state dict of a ``SegformerModel`` (``encoder.…``, as nvidia/mit-b*),
+    ``SegformerForImageClassification`` (``segformer.encoder.…`` + ``classifier.*``, dropped) or
+    ``SegformerForSemanticSegmentation`` (``segformer.encoder.…`` + ``decode_head.linear_c.{i}|
+    linear_fuse|batch_norm|classifier``, -> ``SegFormerHead``), in the names of the hub's files and
+    of ``save_pretrained`` (format ``hf_segformer``) or in transformers 5.x's in-memory names
+    (``stages.{i}.…``, format ``hf_segformer_v5``, e.g. a ``torch.save(model.state_dict())``).
+    The names go to the official layouts and through ``convert_segformer``; its report and errors
+    name the source keys. Keys that map to nothing raise a ValueError, as does a K without its V.
+    """
+    from .core import FORMATS, _examples, _quoted
+
+    source_format, state_dict = source_state_dict(checkpoint, convert_hf_segformer)
+    dropped_keys = re.compile(FORMATS[source_format].dropped)
+    dropped = sorted(k for k in state_dict if dropped_keys.fullmatch(k))
+    with_head = any(k.startswith("decode_head.") for k in state_dict)
+    official: Dict[str, torch.Tensor] = {}
+    names: Dict[str, str] = {}  # official name -> quoted source key(s)
+    kv: Dict[str, Dict[bool, Tuple[str, torch.Tensor]]] = {}
+    unmapped = []
+    for key, value in state_dict.items():
+        if key in dropped:
+            continue
+        if source_format == "hf_segformer":
+            name = rename_by(_HF_ON_DISK, key)
+        else:
+            name = _hf_v5_official_name(key)
+        if not name:
+            unmapped.append(key)
+            continue
+        if with_head and not name.startswith("decode_head."):
+            name = "backbone." + name
+        if name.rsplit(".", 2)[-2] == "kv":
+            kv.setdefault(name, {})[_is_value(key)] = (key, value)
+            continue
+        if name in official:
+            raise ValueError(f"Source keys {names[name]} and {key!r} both map to {name!r}")
+        official[name], names[name] = value, repr(key)
+    if unmapped:
+        raise ValueError(
+            f"{source_format} checkpoint has keys that map to no hila_d2 parameter: "
+            f"{_examples(_quoted(sorted(unmapped)))}"
+        )
+    for name, parts in kv.items():
+        if set(parts) != {False, True}:
+            (key, _), = parts.values()
+            raise ValueError(
+                f"{source_format} checkpoint has {key!r} without its "
+                f"{'key' if _is_value(key) else 'value'} projection: K and V form {name!r}"
+            )
+        official[name] = torch.cat([parts[False][1], parts[True][1]])
+        names[name] = f"{parts[False][0]!r} + {parts[True][0]!r}"
+    inner_format = "segformer_trained" if with_head else "segformer_imagenet"
+    try:
+        result = convert_segformer({"state_dict": official} if with_head else official)
+    except ValueError as error:
+        raise ValueError(
+            _restore_names(str(error), names, inner_format, source_format)
+        ) from None
+    result.source_format, result.dropped = source_format, dropped
+    return result
+
+
+def convert_timm_pvt_v2(checkpoint: Mapping[str, Any]) -> ConversionResult:
+    """timm ``pvt_v2_b*`` weights -> hila_d2 MiT names, where the file is a MiT.
+
+    hila_d2's MiT is timm's ``PyramidVisionTransformerV2``, so the names are kept and only the
+    classifier ``head.*`` is dropped. timm's pretrained ``pvt_v2_b0..b5`` are PVTv2, not MiT: MLP
+    ratios (8, 8, 4, 4) where MiT has 4 in every stage; ``pvt_v2_b2_li`` (linear attention) pools
+    to 7x7 and reduces with a 1x1 ``sr`` in every stage, the last one included. Both raise a
+    ValueError saying so; a pvt_v2 file with MiT's ratios and reductions converts.
+    """
+    source_format, state_dict = source_state_dict(checkpoint, convert_timm_pvt_v2)
+    model, source_of, dropped = rename_keys(
+        source_format, state_dict, lambda key: "backbone." + key
+    )
+    ratios = []
+    for stage in range(4):
+        fc1 = model.get(f"backbone.stages.{stage}.blocks.0.mlp.fc1.weight")
+        if fc1 is not None:
+            ratios.append(fc1.shape[0] // fc1.shape[1])
+    sr = [
+        (stage, tuple(model[name].shape[-2:]))
+        for stage in range(4)
+        for name in [f"backbone.stages.{stage}.blocks.0.attn.sr.weight"]
+        if name in model
+    ]
+    if any(size == (1, 1) for _, size in sr) or any(stage == 3 for stage, _ in sr):
+        raise ValueError(
+            f"{source_format} checkpoint is the linear-attention PVTv2 (pvt_v2_*_li: a 1x1 "
+            f"attn.sr in stages {[s for s, _ in sr]}), not a MiT: MiT reduces with strided "
+            "convolutions (sr ratios 8, 4, 2) in stages 0..2 and none in stage 3"
+        )
+    if any(ratio != 4 for ratio in ratios):
+        raise ValueError(
+            f"{source_format} checkpoint has MLP ratios {tuple(ratios)} (mlp.fc1 rows / width "
+            "per stage): it is a PVTv2 (timm's pvt_v2_b* have (8, 8, 4, 4)), not a MiT, whose "
+            "ratio is 4 in every stage; use the MiT weights (mit_b*.pth or nvidia/mit-b*)"
+        )
+    variant, depths = infer_mit_variant(model)
+    variant_depths = tuple(MIT_VARIANTS[variant]["depths"])
+    if depths != variant_depths:
+        raise ValueError(
+            f"No MiT variant has depths {depths}: MiT-{variant} has {variant_depths}"
+        )
+    config: Dict[str, Any] = {"MODEL.MIT.VARIANT": variant}
+    expected = segformer_shapes(variant)
     return fitted_result(source_format, variant, config, model, expected, source_of, dropped)

@@ -28,6 +28,7 @@ __all__ = [
     "SWIN_BUFFERS",
     "convert_hila_swin",
     "convert_swin",
+    "convert_timm_swin",
     "infer_swin_variant",
     "swin_shapes",
     "upernet_shapes",
@@ -147,34 +148,72 @@ def _swin_window_size(tables: Mapping[Tuple[int, int], torch.Tensor]) -> int:
     return (side + 1) // 2
 
 
-def convert_swin(checkpoint: Mapping[str, Any], window_size: int = 7) -> ConversionResult:
-    """Official Swin ImageNet weights -> hila_d2 ``SwinTransformerBackbone`` names.
-
-    ``checkpoint``: Microsoft's ``{"model": state_dict}`` (or the bare state dict). Each
-    ``layers.{s}.downsample`` moves to stage s + 1 (timm's layout); the buffers
-    ``relative_position_index`` and ``attn_mask``, the classifier ``head.*`` and its final
-    ``norm.*`` are dropped; the variant is inferred from the shapes. ``window_size``: the target
-    ``MODEL.HILA_D2_SWIN.WINDOW_SIZE``; when the file's window differs, each relative position bias table
-    is resized bicubically as (2w-1)x(2w-1) images, one per head, as the official Swin code does.
-    Source keys that map to no entry of the backbone, or to one of another shape, raise a
-    ValueError.
-    """
-    source_format, state_dict = source_state_dict(checkpoint, convert_swin)
-    model, source_of, dropped = rename_keys(
-        source_format, state_dict, lambda key: "backbone." + _rename_swin(key)
-    )
-    variant = infer_swin_variant(model)
+def _fit_window(
+    model: Dict[str, torch.Tensor], window_size: Optional[int]
+) -> int:
+    """The window of ``model``'s relative position bias tables, after resizing each one
+    bicubically to ``window_size`` (None: keep the file's own window) as (2w-1)x(2w-1) images,
+    one per head, as the official Swin code does."""
     tables = _swin_tables(model)
-    if _swin_window_size(tables) != window_size:
-        rows = (2 * window_size - 1) ** 2
-        for (stage, block), table in tables.items():
-            name = f"backbone.layers.{stage}.blocks.{block}.attn.relative_position_bias_table"
-            model[name] = resize_rel_pos_bias_table_simple(
-                table, (window_size, window_size), (rows, table.shape[1])
-            ).contiguous()
+    file_window = _swin_window_size(tables)
+    if window_size is None or window_size == file_window:
+        return file_window
+    rows = (2 * window_size - 1) ** 2
+    for (stage, block), table in tables.items():
+        name = f"backbone.layers.{stage}.blocks.{block}.attn.relative_position_bias_table"
+        model[name] = resize_rel_pos_bias_table_simple(
+            table, (window_size, window_size), (rows, table.shape[1])
+        ).contiguous()
+    return window_size
+
+
+def _convert_swin_classifier_file(
+    checkpoint: Mapping[str, Any], converter, rename, window_size: Optional[int]
+) -> ConversionResult:
+    source_format, state_dict = source_state_dict(checkpoint, converter)
+    model, source_of, dropped = rename_keys(source_format, state_dict, rename)
+    variant = infer_swin_variant(model)
+    window_size = _fit_window(model, window_size)
     config = {"MODEL.HILA_D2_SWIN.VARIANT": variant, "MODEL.HILA_D2_SWIN.WINDOW_SIZE": window_size}
     expected = swin_shapes(variant, window_size)
     return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+
+
+def convert_swin(
+    checkpoint: Mapping[str, Any], window_size: Optional[int] = None
+) -> ConversionResult:
+    """Official Swin ImageNet weights (ImageNet-1k or -22k, 224/window 7 or 384/window 12) ->
+    hila_d2 ``SwinTransformerBackbone`` names.
+
+    ``checkpoint``: Microsoft's ``{"model": state_dict}`` (or the bare state dict). Each
+    ``layers.{s}.downsample`` moves to stage s + 1 (timm's layout); the buffers
+    ``relative_position_index`` and ``attn_mask``, the classifier ``head.*`` (1000 or 21841
+    classes) and its final ``norm.*`` are dropped; the variant is inferred from the shapes.
+    ``window_size``: the target ``MODEL.HILA_D2_SWIN.WINDOW_SIZE`` (None: the file's own window);
+    when the file's window differs, each relative position bias table is resized bicubically as
+    (2w-1)x(2w-1) images, one per head, as the official Swin code does. Source keys that map to
+    no entry of the backbone, or to one of another shape, raise a ValueError.
+    """
+    return _convert_swin_classifier_file(
+        checkpoint, convert_swin, lambda key: "backbone." + _rename_swin(key), window_size
+    )
+
+
+def convert_timm_swin(
+    checkpoint: Mapping[str, Any], window_size: Optional[int] = None
+) -> ConversionResult:
+    """timm's Swin weights (``swin_{tiny,small,base,large}_patch4_window{7,12}_{224,384}``, as
+    timm's hub stores them: ``model.safetensors`` / ``pytorch_model.bin``) -> hila_d2
+    ``SwinTransformerBackbone`` names.
+
+    hila_d2's Swin is timm's ``SwinTransformer``, so the names are kept (patch merging already at
+    the start of stages 1..3); the final ``norm.*`` and the classifier ``head.fc.*`` (1000 or
+    21841 classes) are dropped, as are the buffers ``relative_position_index`` and ``attn_mask``
+    should a file hold them. ``window_size`` as in ``convert_swin``.
+    """
+    return _convert_swin_classifier_file(
+        checkpoint, convert_timm_swin, lambda key: "backbone." + key, window_size
+    )
 
 
 def _upernet_fit(

@@ -111,7 +111,7 @@ def _quoted(keys) -> List[str]:
     return [repr(key) for key in keys]
 
 
-def _state_dict_of(obj: Any) -> Any:
+def state_dict_of(obj: Any) -> Any:
     """The state dict of a loaded checkpoint: ``obj["state_dict"]`` (mmcv/mmseg) or
     ``obj["model"]`` (Microsoft's Swin) where that is a non-empty dict, else ``obj``."""
     if isinstance(obj, Mapping):
@@ -134,7 +134,7 @@ def detect_format(obj: Any) -> str:
     """Name of the first ``SUPPORTED_FORMATS`` entry each of whose marker patterns (``*``: any
     characters) matches a key of ``obj`` (a loaded checkpoint or its state dict); ValueError
     naming some of its keys when no format matches."""
-    state_dict = _state_dict_of(obj)
+    state_dict = state_dict_of(obj)
     if isinstance(state_dict, Mapping):
         keys = [key for key in state_dict if isinstance(key, str)]
         for name, source in FORMATS.items():
@@ -160,7 +160,7 @@ def source_state_dict(
     if FORMATS[source_format].convert is not converter:
         handled = ", ".join(n for n, s in FORMATS.items() if s.convert is converter)
         raise ValueError(f"{converter.__name__} takes {handled} checkpoints, got {source_format}")
-    state_dict = _state_dict_of(checkpoint)
+    state_dict = state_dict_of(checkpoint)
     _require_tensors(state_dict)
     return source_format, state_dict
 

@@ -22,7 +22,7 @@ import torch
 
 from ..modeling.backbone.mit import MIT_NUM_HEADS, MIT_SR_RATIOS, MIT_VARIANTS
 from .convert import convert_checkpoint, detect_format
-from .core import ConversionResult
+from .core import ConversionResult, state_dict_of
 
 __all__ = [
     "HUB_WEIGHTS",
@@ -48,7 +48,7 @@ class SourceFile:
     config_path: Optional[str] = None
 
 
-def _tensors(obj: Any) -> Any:
+def as_tensors(obj: Any) -> Any:
     """``obj`` with the numpy arrays of it and of its dict values (one level of wrapping)
     turned into tensors."""
     if isinstance(obj, np.ndarray):
@@ -56,9 +56,9 @@ def _tensors(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {
             k: (
-                {kk: _tensors(vv) for kk, vv in v.items()}
+                {kk: as_tensors(vv) for kk, vv in v.items()}
                 if isinstance(v, Mapping)
-                else _tensors(v) if isinstance(v, np.ndarray) else v
+                else as_tensors(v) if isinstance(v, np.ndarray) else v
             )
             for k, v in obj.items()
         }
@@ -82,7 +82,7 @@ def _read_weights(path: str) -> Any:
             return load_file(path, device="cpu")
         if path.endswith(".pkl"):
             with open(path, "rb") as f:
-                return _tensors(pickle.load(f, encoding="latin1"))
+                return as_tensors(pickle.load(f, encoding="latin1"))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # safetensors, torch, zipfile and pickle each raise their own
         raise ValueError(
@@ -194,9 +194,8 @@ def _check_timm_config(
 
 def _file_window(obj: Any) -> Optional[int]:
     """The window of the first relative position bias table in ``obj``'s state dict."""
-    from .core import _state_dict_of
 
-    for key, value in _state_dict_of(obj).items():
+    for key, value in state_dict_of(obj).items():
         if isinstance(key, str) and key.endswith("relative_position_bias_table"):
             return (math.isqrt(value.shape[0]) + 1) // 2
     return None

@@ -13,6 +13,17 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from .convert import SWIN_CLASSIFIER_CONVERTERS, detect_format
+from .core import FORMATS, state_dict_of
+from .files import (
+    HUB_WEIGHTS,
+    SourceFile,
+    as_tensors,
+    convert_source,
+    read_checkpoint,
+    report_lines,
+)
+
 __all__ = ["CheckpointError", "ValidatingCheckpointer"]
 
 _SHOWN = 10  # keys listed per kind of problem
@@ -89,8 +100,6 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         self._path = path
         self._converted_from = None
         if path and os.path.isdir(path):  # a model directory: its weights file, config.json beside
-            from .files import HUB_WEIGHTS
-
             found = [os.path.join(path, n) for n in HUB_WEIGHTS]
             found = [f for f in found if os.path.isfile(f)]
             if not found:
@@ -124,19 +133,15 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         supported source format; else converted in memory (``hila_d2.checkpoint.files``), with
         the converter's report logged. ``loaded`` None: read ``filename`` (a .safetensors file or
         a model directory) first. Unreadable or unconvertible files raise a CheckpointError."""
-        from .convert import SWIN_CLASSIFIER_CONVERTERS, detect_format
-        from .core import FORMATS, _state_dict_of
-        from .files import SourceFile, _tensors, convert_source, read_checkpoint, report_lines
-
         if loaded is None:
             try:
                 source = read_checkpoint(filename)
             except ValueError as error:
                 raise CheckpointError(f"Cannot read the checkpoint: {error}") from error
-            loaded = {"model": _state_dict_of(source.obj)}
+            loaded = {"model": state_dict_of(source.obj)}
         else:
-            source = SourceFile(_tensors(_state_dict_of(loaded.get("model"))), filename)
-        state = _state_dict_of(source.obj)
+            source = SourceFile(as_tensors(state_dict_of(loaded.get("model"))), filename)
+        state = state_dict_of(source.obj)
         if not isinstance(state, Mapping) or not state:
             return loaded
         own = self.model.state_dict().keys()

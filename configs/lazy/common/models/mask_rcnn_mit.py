@@ -13,13 +13,11 @@ written out: changing ``model.backbone.out_channels`` needs ``with_fpn_channels`
 """
 
 from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES
 
-from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, hila_settings
+from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, mit_encoder
 
 
 def with_fpn_channels(model, channels: int):
@@ -39,14 +37,7 @@ def with_fpn_channels(model, channels: int):
 
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
-model.backbone.bottom_up = L(MixVisionTransformer)(
-    variant="B0",
-    out_features=list(STAGE_NAMES),
-    drop_path_rate=0.1,
-    in_chans=3,
-    depths=None,  # None: the variant's
-    hila=hila_settings(),
-)
+model.backbone.bottom_up = mit_encoder()
 model.backbone.in_features = list(STAGE_NAMES)
 model.pixel_mean = IMAGENET_RGB_MEAN
 model.pixel_std = IMAGENET_RGB_STD

@@ -11,19 +11,7 @@ YAML key -> lazy key: as in mask_rcnn_mit.py, with
   MODEL.HILA.*                                 model.backbone.bottom_up.hila.* (lower case)
 """
 
-from detectron2.config import LazyCall as L
-
-from hila_d2.modeling.backbone.pyramid import STAGE_NAMES
-from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
-
 from .mask_rcnn_mit import model, with_fpn_channels  # noqa: F401  (with_fpn_channels: for leaves)
-from .parts import hila_settings
+from .parts import swin_encoder
 
-model.backbone.bottom_up = L(SwinTransformerBackbone)(
-    variant="T",
-    window_size=7,
-    out_features=list(STAGE_NAMES),
-    drop_path_rate=0.2,
-    in_chans=3,
-    hila=hila_settings(),
-)
+model.backbone.bottom_up = swin_encoder(drop_path_rate=0.2)

@@ -6,7 +6,9 @@ from typing import Sequence
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
+from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES, STAGE_STRIDES
+from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.hila import HILASettings
 
 # ImageNet mean/std in RGB order, 0-255 scale (MiT and Swin were pretrained on RGB images); the
@@ -40,3 +42,31 @@ def hila_settings(**overrides):
     )
     fields.update(overrides)
     return L(HILASettings)(**fields)
+
+
+def mit_encoder(**overrides):
+    """Lazy MiT-B0 encoder returning res2..res5 without HILA (Base-SegFormer.yaml's MODEL.MIT);
+    ``overrides`` replace any argument."""
+    arguments = dict(
+        variant="B0",
+        out_features=list(STAGE_NAMES),
+        drop_path_rate=0.1,
+        in_chans=3,
+        depths=None,  # None: the variant's
+        hila=hila_settings(),
+    )
+    return L(MixVisionTransformer)(**{**arguments, **overrides})
+
+
+def swin_encoder(**overrides):
+    """Lazy Swin-T encoder (window 7) returning res2..res5 without HILA; ``overrides`` replace any
+    argument (the segmentation and detection recipes differ in ``drop_path_rate``)."""
+    arguments = dict(
+        variant="T",
+        window_size=7,
+        out_features=list(STAGE_NAMES),
+        drop_path_rate=0.3,
+        in_chans=3,
+        hila=hila_settings(),
+    )
+    return L(SwinTransformerBackbone)(**{**arguments, **overrides})

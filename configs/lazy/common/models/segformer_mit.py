@@ -19,11 +19,11 @@ from typing import Sequence
 from detectron2.config import LazyCall as L
 from detectron2.modeling import SemanticSegmentor
 
-from hila_d2.modeling.backbone.mit import MIT_VARIANTS, MixVisionTransformer
+from hila_d2.modeling.backbone.mit import MIT_VARIANTS
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
 
-from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, feature_shapes, hila_settings
+from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, feature_shapes, mit_encoder
 
 
 def mit_feature_shapes(variant: str, names: Sequence[str] = STAGE_NAMES):
@@ -32,14 +32,7 @@ def mit_feature_shapes(variant: str, names: Sequence[str] = STAGE_NAMES):
 
 
 model = L(SemanticSegmentor)(
-    backbone=L(MixVisionTransformer)(
-        variant="B0",
-        out_features=list(STAGE_NAMES),
-        drop_path_rate=0.1,
-        in_chans=3,
-        depths=None,  # None: the variant's
-        hila=hila_settings(),
-    ),
+    backbone=mit_encoder(),
     sem_seg_head=L(SegFormerHead)(
         input_shape=mit_feature_shapes("B0"),
         num_classes=150,  # ADE20K; every dataset config sets its own

@@ -20,10 +20,10 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling import SemanticSegmentor
 
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES
-from hila_d2.modeling.backbone.swin import SWIN_VARIANTS, SwinTransformerBackbone
+from hila_d2.modeling.backbone.swin import SWIN_VARIANTS
 from hila_d2.modeling.heads.upernet_head import UPerNetHead
 
-from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, feature_shapes, hila_settings
+from .parts import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, feature_shapes, swin_encoder
 
 
 def swin_feature_shapes(variant: str, names=STAGE_NAMES):
@@ -33,14 +33,7 @@ def swin_feature_shapes(variant: str, names=STAGE_NAMES):
 
 
 model = L(SemanticSegmentor)(
-    backbone=L(SwinTransformerBackbone)(
-        variant="T",
-        window_size=7,
-        out_features=list(STAGE_NAMES),
-        drop_path_rate=0.3,
-        in_chans=3,
-        hila=hila_settings(),
-    ),
+    backbone=swin_encoder(),
     sem_seg_head=L(UPerNetHead)(
         input_shape=swin_feature_shapes("T"),
         num_classes=150,  # ADE20K; every dataset config sets its own

@@ -6,6 +6,11 @@
     python train_net.py --config-file CONFIG --resume           # continue from the last checkpoint
     python train_net.py --config-file CONFIG --num-gpus 8       # or --num-machines/--machine-rank/--dist-url
     python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
+
+Weights that name their classes (a hub model directory's config.json ``id2label``, a file
+converted from one, a checkpoint of a run initialised from one) give them to the datasets without
+``stuff_classes`` (``hila_d2.data.metadata.set_class_names``): DATASETS.TEST when evaluating,
+DATASETS.TRAIN and TEST when training; the evaluators then report each class by its name.
 """
 import logging
 import os
@@ -26,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 import hila_d2
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.data.mappers import build_train_mapper
+from hila_d2.data.metadata import set_class_names
 from hila_d2.evaluation import BoundaryFScoreEvaluator
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
@@ -69,7 +75,8 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """detectron2's hooks, after ``self.checkpointer`` (built just before, and saved through
         by the periodic checkpointer hook) became a ``ValidatingCheckpointer``: MODEL.WEIGHTS
-        must fit the model up to MODEL.WEIGHTS_OPTIONAL_KEYS, a resumed checkpoint entirely."""
+        must fit the model up to MODEL.WEIGHTS_OPTIONAL_KEYS, a resumed checkpoint entirely; the
+        checkpoints it saves keep the class names the weights carry."""
         checkpointer = self.checkpointer
         self.checkpointer = ValidatingCheckpointer(
             checkpointer.model,
@@ -126,6 +133,14 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
 
+def use_class_names(checkpointer: ValidatingCheckpointer, dataset_names) -> None:
+    """``set_class_names`` of each of ``dataset_names`` to the class names of the weights
+    ``checkpointer`` loaded, where they have some (``checkpointer.class_names``)."""
+    if checkpointer.class_names is not None:
+        for name in dataset_names:
+            set_class_names(name, checkpointer.class_names, checkpointer.loaded_path)
+
+
 def setup(args):
     """Config from defaults + hila_d2 keys + the file + command-line overrides, validated."""
     cfg = hila_d2.load_config(args.config_file, args.opts)
@@ -139,15 +154,17 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        ValidatingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )  # every key must match: no module of an evaluated model keeps its initialisation
+        checkpointer = ValidatingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        # every key must match: no module of an evaluated model keeps its initialisation
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        use_class_names(checkpointer, cfg.DATASETS.TEST)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    use_class_names(trainer.checkpointer, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     return trainer.train()
 
 

@@ -2,21 +2,29 @@
 Segformer saved with ``save_pretrained`` (hub names) or as 5.x in-memory names, timm Swin and
 pvt_v2 as safetensors, official Swin 22k and 384/window-12 files; the file readers (.safetensors,
 .bin, .pth, .pkl, a model directory), config.json checks, ``ValidatingCheckpointer`` converting
-any of them on load, and the CLI report."""
+any of them on load, the CLI report, and the class names of config.json's id2label travelling to
+the checkpointer, the datasets' metadata, train_net's evaluation and the demo."""
 
 import json
+import logging
 import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
-from project_config import load_config, load_script
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import default_argument_parser
+from PIL import Image
+from project_config import REPO, load_config, load_script, load_train_net
 from safetensors.torch import save_file
 from torch import nn
 
 from hila_d2.checkpoint.convert import convert_checkpoint, detect_format
-from hila_d2.checkpoint.files import convert_file, read_checkpoint
+from hila_d2.checkpoint.files import CLASS_NAMES, convert_file, read_checkpoint
 from hila_d2.checkpoint.loading import CheckpointError, ValidatingCheckpointer
+from hila_d2.data.metadata import set_class_names
 from hila_d2.modeling.backbone.mit import STAGE_NAMES, MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
@@ -43,6 +51,16 @@ def _hf(cls_name: str, variant: str = "B0", **kwargs) -> nn.Module:
     torch.manual_seed(0)
     model = getattr(transformers, cls_name)(hf_segformer_config(variant, **kwargs))
     return _randomize_(model)
+
+
+def _hf_labelled() -> nn.Module:
+    """transformers' SegformerForSemanticSegmentation (B0) whose config names ``LABELS``."""
+    return _hf(
+        "SegformerForSemanticSegmentation",
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )
 
 
 def _save_pretrained(model: nn.Module, path) -> str:
@@ -87,12 +105,7 @@ def test_hf_encoder_save_pretrained_matches_transformers(tmp_path, cls_name):
 
 
 def test_hf_semantic_segmentation_matches_transformers(tmp_path):
-    hf = _hf(
-        "SegformerForSemanticSegmentation",
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-    )
+    hf = _hf_labelled()
     directory = _save_pretrained(hf, tmp_path / "segformer-b0-finetuned")
     result = convert_file(directory)
     assert (result.source_format, result.dropped, result.missing) == ("hf_segformer", [], [])
@@ -401,14 +414,7 @@ def test_validating_checkpointer_refuses_bad_sources(tmp_path):
 
 def test_cli_reports_new_formats(tmp_path, timm_t, capsys):
     cli = load_script("tools/convert_pretrained.py")
-    hf_dir = _save_pretrained(
-        _hf(
-            "SegformerForSemanticSegmentation",
-            num_labels=len(LABELS),
-            id2label=dict(enumerate(LABELS)),
-        ),
-        tmp_path / "segformer",
-    )
+    hf_dir = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
     swin = tmp_path / "swin" / "model.safetensors"
     swin.parent.mkdir()
     save_file(timm_t.state_dict(), str(swin))
@@ -446,3 +452,163 @@ def test_validating_checkpointer_names_fpn_encoders(tmp_path):
     loaded = model.state_dict()
     for name, value in expected.items():
         assert torch.equal(loaded["backbone.bottom_up." + name[len("backbone.") :]], value), name
+
+
+# ------------------------------------------------------------------ class names (id2label)
+
+
+def test_class_names_travel_with_the_weights(tmp_path):
+    """config.json's id2label -> converted .pkl/.pth -> the checkpointer -> a run's checkpoints."""
+    hub = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
+    model = _segformer("MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(LABELS))
+    converted = [str(tmp_path / "segformer.pkl"), str(tmp_path / "segformer.pth")]
+    cli = load_script("tools/convert_pretrained.py")
+    for dst in converted:
+        cli.main([hub, dst])
+        # detectron2's own checkpointer loads the file and returns the names as extra data
+        assert DetectionCheckpointer(model).load(dst)[CLASS_NAMES] == LABELS
+    for path in (hub, *converted):  # MODEL.WEIGHTS: a hub directory or a converted file
+        checkpointer = ValidatingCheckpointer(model)
+        assert checkpointer.load(path)[CLASS_NAMES] == LABELS
+        assert checkpointer.class_names == LABELS, path
+
+    run = ValidatingCheckpointer(model, str(tmp_path))
+    run.load(hub)
+    run.save("model_0000009", iteration=9)  # as the trainer's periodic checkpointer saves
+    resumed = ValidatingCheckpointer(model, str(tmp_path))
+    assert resumed.resume_or_load("", resume=True)["iteration"] == 9
+    assert resumed.class_names == LABELS
+    resumed.load("")  # no weights (the model keeps its initialisation): no names
+    assert resumed.class_names is None  # the names of the last load, not of an earlier one
+
+
+def test_class_names_of_another_count_are_refused_unless_the_head_is_new(tmp_path):
+    source = _randomize_(_segformer())  # 150 classes
+    path = tmp_path / "ade.pth"
+    torch.save({"model": source.state_dict(), CLASS_NAMES: LABELS}, path)
+    model = _segformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        CheckpointError,
+        match=rf"'{re.escape(str(path))}' names 5 classes .* have 150: the names do not belong",
+    ):
+        ValidatingCheckpointer(model).load(str(path))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name  # refused: nothing loaded
+    torch.save({"model": source.state_dict(), CLASS_NAMES: "wall, sky"}, path)
+    with pytest.raises(CheckpointError, match=r"entry that is not a list of class names"):
+        ValidatingCheckpointer(model).load(str(path))
+
+    # 5-class hub weights initialising a 150-class model: the new head has no names
+    hub = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
+    checkpointer = ValidatingCheckpointer(model, optional_keys=["sem_seg_head.*"])
+    checkpointer.load(hub)
+    assert checkpointer.class_names is None
+    predictor = "sem_seg_head.predictor.weight"
+    assert torch.equal(model.state_dict()[predictor], before[predictor])  # the head is new
+
+
+@pytest.fixture
+def datasets():
+    """Registers metadata-only datasets ``name -> stuff_classes or None``; removes them after."""
+    names = []
+
+    def register(name, stuff_classes=None):
+        names.append(name)
+        if stuff_classes is not None:
+            MetadataCatalog.get(name).set(stuff_classes=stuff_classes)
+        return name
+
+    yield register
+    for name in names:
+        MetadataCatalog.remove(name)
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+
+
+def test_set_class_names(datasets, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("hila_d2"), "propagate", True)  # train_net stops it
+    unnamed = datasets("names_unnamed")
+    set_class_names(unnamed, LABELS, "w.pkl")
+    assert MetadataCatalog.get(unnamed).stuff_classes == LABELS
+
+    own = ["wall", "sky", "street", "tree", "automobile"]
+    named = datasets("names_named", own)
+    with caplog.at_level("WARNING"):
+        set_class_names(named, LABELS, "w.pkl")
+        set_class_names(datasets("names_same", LABELS), LABELS, "w.pkl")  # no warning
+    assert MetadataCatalog.get(named).stuff_classes == own  # the dataset's names win
+    [warning] = caplog.messages
+    assert "'w.pkl' name 2 of the 5 classes of 'names_named' differently" in warning
+    assert "2: 'street' / 'road', 4: 'automobile' / 'car'; keeping the dataset's" in warning
+
+    with pytest.raises(ValueError, match=r"'names_other' has 7 classes .* weights 'w\.pkl' name 5"):
+        set_class_names(datasets("names_other", ["c"] * 7), LABELS, "w.pkl")
+
+
+def _tiny_sem_seg(folder, name: str) -> str:
+    """Registers ``name``: 2 random 32x48 images, labels 0..4, evaluator ``sem_seg``, metadata
+    without ``stuff_classes``."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(2):
+        image, gt = folder / f"image_{i}.png", folder / f"gt_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(image)
+        Image.fromarray(rng.integers(0, len(LABELS), (32, 48), dtype=np.uint8)).save(gt)
+        records.append(
+            {"file_name": str(image), "sem_seg_file_name": str(gt), "height": 32, "width": 48}
+        )
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(evaluator_type="sem_seg", ignore_label=255)
+    return name
+
+
+def test_train_net_reports_iou_by_the_hub_class_names(tmp_path, datasets):
+    """Training from a hub directory and evaluating its model_final.pth, on datasets whose
+    metadata names no classes: SemSegEvaluator's per-class rows carry config.json's names."""
+    train_net = load_train_net()
+    hub = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
+    expected = [f"IoU-{n}" for n in LABELS]
+
+    def run(output: str, dataset: str, *opts: str):
+        args = ["--config-file", str(REPO / CONFIG), *opts, "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+                str(len(LABELS)), "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST",
+                f"('{dataset}',)", "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
+                "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / output)]
+        return train_net.main(default_argument_parser().parse_args(args))
+
+    trained = datasets(_tiny_sem_seg(tmp_path / "train", "names_train"))
+    run("run", trained, "MODEL.WEIGHTS", hub, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2")
+    assert MetadataCatalog.get(trained).stuff_classes == LABELS
+    evaluation = tmp_path / "run" / "inference" / "sem_seg_evaluation.pth"
+    evaluated = torch.load(evaluation, weights_only=False)  # numpy scalars
+    assert [k for k in evaluated if k.startswith("IoU-")] == expected
+    final = str(tmp_path / "run" / "model_final.pth")
+    assert torch.load(final, weights_only=True)[CLASS_NAMES] == LABELS  # the trainer's save
+
+    unnamed = datasets(_tiny_sem_seg(tmp_path / "eval", "names_eval"))
+    results = run("eval", unnamed, "--eval-only", "MODEL.WEIGHTS", final)
+    assert [k for k in results["sem_seg"] if k.startswith("IoU-")] == expected
+
+
+def test_demo_draws_the_hub_class_names(tmp_path, monkeypatch):
+    demo = load_script("tools/demo.py")
+    drawn_with = []
+
+    class Recording(demo.VideoVisualizer):
+        def __init__(self, metadata, *args, **kwargs):
+            drawn_with.append(metadata)
+            super().__init__(metadata, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "VideoVisualizer", Recording)
+    Image.new("RGB", (48, 32)).save(tmp_path / "in.png")
+    hub = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
+    args = ["--config-file", str(REPO / CONFIG), "--input", str(tmp_path / "in.png"),
+            "--output", str(tmp_path / "vis.png"), "DATASETS.TEST", "()",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(len(LABELS))]
+    demo.main([*args, "MODEL.WEIGHTS", hub])
+    assert [m.stuff_classes for m in drawn_with] == [LABELS]
+    assert (tmp_path / "vis.png").is_file()
+    with pytest.raises(ValueError, match="DATASETS.TEST is empty and MODEL.WEIGHTS names no"):
+        demo.main(args)  # random weights name no classes

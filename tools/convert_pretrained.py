@@ -15,9 +15,13 @@ reads: ``.pth``/``.bin``/``.pkl``, ``.safetensors``, or a hub model directory (t
 weights is checked against them.
 
 DST ending in ``.pkl`` gets detectron2's model-zoo layout (numpy arrays, no name-matching
-heuristics); ``.pth`` gets ``{"model": tensors}``. ``--fpn`` names the encoder weights as the
-``bottom_up`` of an FPN backbone (``build_*_fpn_backbone``: Mask R-CNN, Panoptic FPN, Semantic
-FPN) instead of a bare encoder backbone (SegFormer, UperNet). It prints the config keys that build the model
+heuristics); ``.pth`` gets the same dict with tensors. Where the source names its classes (a
+transformers ``config.json``'s ``id2label``), both hold them as a top-level ``"stuff_classes"``
+list beside ``"model"``, which ``ValidatingCheckpointer`` reads back (``class_names``).
+
+``--fpn`` names the encoder weights as the ``bottom_up`` of an FPN backbone
+(``build_*_fpn_backbone``: Mask R-CNN, Panoptic FPN, Semantic FPN) instead of a bare encoder
+backbone (SegFormer, UperNet). It prints the config keys that build the model
 the weights fit (``KEY VALUE`` lines for the YAML or the command line). Exits non-zero on
 unreadable or unknown files.
 """
@@ -35,6 +39,7 @@ import torch  # noqa: E402
 from hila_d2.checkpoint.convert import ConversionResult  # noqa: E402
 from hila_d2.checkpoint.files import (  # noqa: E402, F401  (HILA_NOTE, config_value: API)
     HILA_NOTE,
+    checkpoint_data,
     config_value,
     convert_source,
     read_checkpoint,
@@ -58,20 +63,21 @@ def fpn_names(model: dict) -> dict:
 
 
 def write_checkpoint(result: ConversionResult, dst: str, fpn: bool = False) -> None:
-    """Write ``result.model`` to ``dst`` (.pkl: detectron2 model-zoo dict; .pth: torch.save),
-    under ``fpn_names`` if ``fpn``."""
+    """Write ``checkpoint_data`` of ``result`` (its model under ``fpn_names`` if ``fpn``, its class
+    names) to ``dst``: .pkl, detectron2's model-zoo layout of numpy arrays; .pth, torch.save."""
     model = fpn_names(result.model) if fpn else result.model
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    if dst.endswith(".pkl"):
-        data = {
-            "model": {name: tensor.numpy() for name, tensor in model.items()},
-            "__author__": f"hila_d2 convert_pretrained ({result.source_format})",
-            "matching_heuristics": False,
-        }
+    pkl = dst.endswith(".pkl")
+    data = checkpoint_data(
+        result,
+        {name: tensor.numpy() for name, tensor in model.items()} if pkl else model,
+        f"hila_d2 convert_pretrained ({result.source_format})",
+    )
+    if pkl:
         with open(dst, "wb") as f:
             pickle.dump(data, f)
     else:
-        torch.save({"model": model}, dst)
+        torch.save(data, dst)
 
 
 def main(argv=None) -> None:

@@ -12,8 +12,11 @@ Images are read whatever their channels (grayscale, 16-bit, palette, RGBA:
 MODEL.WEIGHTS loaded by ``hila_d2.checkpoint.loading.ValidatingCheckpointer``, resized by INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST, predictions at the input's size. The drawing is the panoptic segmentation if the
 model outputs one (Panoptic FPN), else the instances (Mask R-CNN), else the semantic segmentation,
-with the class names and colours of DATASETS.TEST[0]. Each image gives ``OUTPUT/<name>.png`` (or
-the --output file ending in .png, for one image) at the image's size; a video gives
+with the class names and colours of DATASETS.TEST[0]; where that dataset has no ``stuff_classes``,
+or DATASETS.TEST is empty, with the class names the weights carry (a hub model directory's
+config.json ``id2label``, or a file converted from one: ``ValidatingCheckpointer.class_names``).
+Each image gives ``OUTPUT/<name>.png`` (or the --output file ending in .png, for one image) at
+the image's size; a video gives
 ``OUTPUT/<name>.mp4`` (or the --output file ending in .mp4): every frame drawn, at the video's
 frame rate, with instance colours kept from frame to frame.
 """
@@ -23,7 +26,7 @@ import glob
 import os
 import sys
 from collections import Counter
-from typing import List
+from typing import List, Optional
 
 # the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data.catalog import Metadata  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -40,6 +44,7 @@ from tqdm import tqdm  # noqa: E402
 import hila_d2  # noqa: E402
 from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
 from hila_d2.data.images import read_image_file  # noqa: E402
+from hila_d2.data.metadata import set_class_names  # noqa: E402
 
 # every file extension PIL reads (".png", ".jpg", ".tif", ...): the images taken from a folder
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -92,12 +97,24 @@ def setup_config(args: argparse.Namespace):
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: append "
             "MODEL.DEVICE cpu to the command"
         )
-    if not cfg.DATASETS.TEST:
-        raise ValueError(
-            "DATASETS.TEST is empty: set it to a dataset whose metadata names the classes, "
-            "e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\""
-        )
     return cfg
+
+
+def drawing_metadata(cfg, class_names: Optional[List[str]]) -> Metadata:
+    """The class names and colours drawn: DATASETS.TEST[0]'s metadata, given the weights'
+    ``class_names`` (str per class, or None) where it has none (``set_class_names``); with
+    DATASETS.TEST empty, ``class_names`` alone (the visualizer picks the colours). ValueError
+    where neither names the classes."""
+    if cfg.DATASETS.TEST:
+        if class_names is not None:
+            set_class_names(cfg.DATASETS.TEST[0], class_names, cfg.MODEL.WEIGHTS)
+        return MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    if class_names is None:
+        raise ValueError(
+            "DATASETS.TEST is empty and MODEL.WEIGHTS names no classes: set it to a dataset "
+            "whose metadata names the classes, e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\""
+        )
+    return Metadata(stuff_classes=class_names)
 
 
 def _without_weights(cfg):
@@ -244,8 +261,9 @@ def main(argv=None) -> None:
             file=sys.stderr,
         )
     predictor = DefaultPredictor(_without_weights(cfg))
-    ValidatingCheckpointer(predictor.model).load(cfg.MODEL.WEIGHTS)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    checkpointer = ValidatingCheckpointer(predictor.model)
+    checkpointer.load(cfg.MODEL.WEIGHTS)
+    metadata = drawing_metadata(cfg, checkpointer.class_names)
     if args.video_input:
         frames = run_video(predictor, metadata, args.video_input, output)
         print(f"wrote {output} ({frames} frames)")

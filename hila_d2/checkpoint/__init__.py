@@ -4,6 +4,7 @@
 shared machinery, ``segformer`` and ``swin`` the converters of each family, ``hila`` the HILA pair
 names both use; ``files`` the readers of each file kind (.safetensors, .bin, .pth, .pkl, a hub
 model directory with config.json) and the conversion report; ``loading`` the checkpointer that
-converts source files on load and refuses checkpoints that do not fit a model.
+converts source files on load, refuses checkpoints that do not fit a model and keeps the class
+names they carry (``class_names``).
 """
 from . import convert  # noqa: F401  (fills core.FORMATS in detection order)

@@ -1,6 +1,7 @@
 """Checkpoint files as users get them -> ``ConversionResult``: the readers of each file kind,
-the ``config.json`` that the hub stores beside transformers and timm weights, and the report
-that ``tools/convert_pretrained.py`` prints and ``ValidatingCheckpointer`` logs.
+the ``config.json`` that the hub stores beside transformers and timm weights, the report
+that ``tools/convert_pretrained.py`` prints and ``ValidatingCheckpointer`` logs, and the
+detectron2 checkpoint dict that both make of a conversion (``checkpoint_data``).
 
 Readers, by path: a directory holding ``config.json`` and ``model.safetensors`` or
 ``pytorch_model.bin`` (a hub snapshot, ``save_pretrained``'s output); ``*.safetensors``
@@ -25,8 +26,10 @@ from .convert import convert_checkpoint, detect_format
 from .core import ConversionResult, state_dict_of
 
 __all__ = [
+    "CLASS_NAMES",
     "HUB_WEIGHTS",
     "SourceFile",
+    "checkpoint_data",
     "convert_file",
     "convert_source",
     "read_checkpoint",
@@ -35,6 +38,9 @@ __all__ = [
 
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # in a hub directory, first found wins
 CONFIG_JSON = "config.json"
+# top-level entry of a checkpoint beside "model": the class names of its semantic classifier
+# (list of str, one per row of sem_seg_head.predictor), detectron2's metadata name for them
+CLASS_NAMES = "stuff_classes"
 
 
 @dataclass
@@ -221,6 +227,18 @@ def convert_source(source: SourceFile, window_size: Optional[int] = None) -> Con
 def convert_file(path: str, window_size: Optional[int] = None) -> ConversionResult:
     """``read_checkpoint`` + ``convert_source``."""
     return convert_source(read_checkpoint(path), window_size)
+
+
+def checkpoint_data(
+    result: ConversionResult, model: Mapping[str, Any], author: str
+) -> Dict[str, Any]:
+    """The detectron2 checkpoint of a conversion: ``{"model": model, "__author__": author,
+    "matching_heuristics": False}`` (``model``: name -> tensor or array, ``result.model`` possibly
+    renamed), plus ``CLASS_NAMES: result.labels`` where the source names its classes."""
+    data = {"model": model, "__author__": author, "matching_heuristics": False}
+    if result.labels is not None:
+        data[CLASS_NAMES] = list(result.labels)
+    return data
 
 
 # ------------------------------------------------------------------ the report

@@ -2,7 +2,9 @@
 
 detectron2's ``DetectionCheckpointer`` loads whatever fits and logs the rest, so a checkpoint for
 another variant or with missing keys trains or evaluates a half-random model without an error.
-``ValidatingCheckpointer`` raises a ``CheckpointError`` instead, listing what is wrong.
+``ValidatingCheckpointer`` raises a ``CheckpointError`` instead, listing what is wrong. It also
+keeps the class names a checkpoint carries (``class_names``) and writes them into the checkpoints
+it saves.
 """
 import fnmatch
 import math
@@ -14,11 +16,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from .convert import SWIN_CLASSIFIER_CONVERTERS, detect_format
-from .core import FORMATS, state_dict_of
+from .core import FORMATS, PREDICTOR, state_dict_of
 from .files import (
+    CLASS_NAMES,
     HUB_WEIGHTS,
     SourceFile,
     as_tensors,
+    checkpoint_data,
     convert_source,
     read_checkpoint,
     report_lines,
@@ -77,6 +81,16 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     Swin tables resized to the model's window, FPN models' ``backbone.bottom_up`` names), and
     the same errors refuse it before any weight is loaded. A file holding any key of the model
     loads as before, unconverted.
+
+    Class names: a checkpoint's top-level ``"stuff_classes"`` entry (``CLASS_NAMES``: a list of
+    str, written by ``tools/convert_pretrained.py`` and by this checkpointer's ``save``; a hub
+    directory converted on load has its ``config.json``'s ``id2label``) names the rows of its
+    classifier ``sem_seg_head.predictor``. After a load, ``class_names`` holds them where that
+    classifier initialised the model's; it is None where the checkpoint has none or the model's
+    classifier did not come from it (a new head: an exempt key missing or of another class
+    count). Names whose count is not the model's class count are a ``CheckpointError``. ``save``
+    writes ``class_names`` into the checkpoints of the run, so a resumed or evaluated fine-tuned
+    model keeps them. ``loaded_path``: the path given to the last ``load``.
     """
 
     def __init__(
@@ -84,8 +98,9 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     ):
         super().__init__(model, save_dir, **kwargs)
         self.optional_keys = tuple(optional_keys)
+        self.class_names: Optional[List[str]] = None
+        self.loaded_path = ""
         self._resuming = False
-        self._path = ""
         self._converted_from = None  # (format, config keys) of a file converted on load
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
@@ -97,7 +112,10 @@ class ValidatingCheckpointer(DetectionCheckpointer):
             self._resuming = False
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        self._path = path
+        """detectron2's ``load``: the checkpoint's data other than the model and the
+        checkpointables (e.g. ``iteration``, ``CLASS_NAMES``); sets ``class_names``."""
+        self.loaded_path = path
+        self.class_names = None
         self._converted_from = None
         if path and os.path.isdir(path):  # a model directory: its weights file, config.json beside
             found = [os.path.join(path, n) for n in HUB_WEIGHTS]
@@ -167,11 +185,9 @@ class ValidatingCheckpointer(DetectionCheckpointer):
             f"Converted {filename!r} in memory:\n" + "\n".join(report_lines(result))
         )
         self._converted_from = (result.source_format, result.config)
-        return {
-            "model": model,
-            "__author__": f"hila_d2 in-memory conversion ({result.source_format})",
-            "matching_heuristics": False,
-        }
+        return checkpoint_data(
+            result, model, f"hila_d2 in-memory conversion ({result.source_format})"
+        )
 
     def _model_window(self) -> Optional[int]:
         """The attention window of the model's Swin (its relative position tables), or None."""
@@ -201,10 +217,52 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
         try:
-            return self._check_incompatible(incompatible)
+            self._check_incompatible(incompatible)
+            self.class_names = self._class_names(
+                checkpoint.get(CLASS_NAMES), backup.get(PREDICTOR), incompatible.missing_keys
+            )
         except CheckpointError:
             self.model.load_state_dict(backup)
             raise
+        return incompatible  # detectron2 logs the exempt keys that did not load
+
+    def _class_names(
+        self, names: Any, classifier: Optional[torch.Tensor], missing: Sequence[str]
+    ) -> Optional[List[str]]:
+        """``names`` (the checkpoint's ``CLASS_NAMES`` entry) where they name the classes of the
+        model's ``classifier`` (``PREDICTOR``, (K, C, 1, 1)) and it loaded from the checkpoint
+        (not in ``missing``); None where there are none or the model's classifier is new.
+        CheckpointError for names that are not a list of str or not K of them."""
+        if names is None:
+            return None
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(
+                f"The checkpoint {self.loaded_path!r} has a {CLASS_NAMES!r} entry that is not a "
+                f"list of class names (str): {names!r:.200}. Write the names as a list, or "
+                "delete the entry."
+            )
+        if classifier is None or PREDICTOR in missing:
+            self.logger.info(
+                f"Not using the {len(names)} class names of {self.loaded_path!r}: the model's "
+                f"classifier {PREDICTOR} is not loaded from it (a new head)"
+            )
+            return None
+        if len(names) != classifier.shape[0]:
+            raise CheckpointError(
+                f"The checkpoint {self.loaded_path!r} names {len(names)} classes in its "
+                f"{CLASS_NAMES!r} entry, but its classifier and the model's ({PREDICTOR}, "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES) have {classifier.shape[0]}: the names do not "
+                f"belong to these weights. Correct or delete the {CLASS_NAMES!r} entry (for a "
+                "converted hub model, check id2label in its config.json and convert it again)."
+            )
+        return list(names)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """detectron2's ``save``; the checkpoint also holds ``class_names`` (``CLASS_NAMES``)
+        where the loaded weights named the model's classes."""
+        if self.class_names is not None:
+            kwargs.setdefault(CLASS_NAMES, self.class_names)
+        super().save(name, **kwargs)
 
     def _check_incompatible(self, incompatible):
         optional = () if self._resuming else self.optional_keys
@@ -223,7 +281,6 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         ]
         if missing or unexpected or shapes:
             raise CheckpointError(self._mismatch_message(missing, unexpected, shapes))
-        return incompatible  # detectron2 logs the exempt keys that did not load
 
     def _mismatch_message(
         self, missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[str]
@@ -235,7 +292,8 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         else:
             exempt = "Every key must match (evaluation and inference load the whole model)."
         lines = [
-            f"The checkpoint {self._path!r} does not fit the {type(self.model).__name__} model:",
+            f"The checkpoint {self.loaded_path!r} does not fit the "
+            f"{type(self.model).__name__} model:",
             *(
                 [
                     f"  it was converted from {self._converted_from[0]} and fits a model of "

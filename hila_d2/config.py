@@ -191,6 +191,11 @@ def hila_defaults() -> CN:
     # "No HILA pretraining": when MODEL.WEIGHTS lacks a pair's extra lower-level block, copy it
     # from the last block of the lower stage after loading (in place, so the optimiser trains it).
     defaults.MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE = False
+    # Training memory of the HILA steps. False: each step keeps the results of its matmuls and
+    # attention kernels and recomputes the cheap rest in the backward pass (memory follows the
+    # FLOPs). True: full activation checkpointing, it keeps only its inputs and recomputes all
+    # (less memory again, about one more forward of the HILA steps per training step).
+    defaults.MODEL.HILA.CHECKPOINT = False
 
     # ---- SegFormer All-MLP decode head: MODEL.SEM_SEG_HEAD.NAME "SegFormerHead"
     # (reuses detectron2's IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, NORM, LOSS_WEIGHT)

@@ -182,21 +182,21 @@ def test_encoder_training_step_under_bf16_autocast(name):
 
 @pytest.mark.parametrize("name", HILA_ENCODERS)
 def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
-    """Every Bottom-Up and Top-Down attention of the encoder runs under autocast, each through
-    one call of ``attention_weights``, whose queries and keys arrive in bf16 (the projections ran
-    in bf16 and the keys were not promoted to float32 on the way) and whose weights are float32
-    and equal a float64 softmax of those same inputs to 1e-6. That bound separates the two
-    cases: measured on mit-s3, swin-s234 and hatnet-s3, logits and softmax in float32 are within
-    6e-8 of float64; with the logits' matmul left to autocast (bf16 output) the weights are off
-    by 3e-5 to 1e-4."""
+    """Every Bottom-Up and Top-Down attention of the encoder runs under autocast through
+    ``attention_weights`` (once per Bottom-Up, once per sub-position of the children for
+    Top-Down), whose queries arrive in bf16 and whose keys are bf16 projections (exactly
+    representable in bf16) widened to float32, and whose weights are float32 and equal a float64
+    softmax of those same inputs to 1e-6. That bound separates the two cases: measured on mit-s3,
+    swin-s234 and hatnet-s3, logits and softmax in float32 are within 6e-8 of float64; with the
+    logits left to autocast (bf16) the weights are off by 3e-5 to 1e-4."""
     model, x = build_encoder(name)
     model.train()
     calls = []
     original = hila_module.attention_weights
 
-    def recording(q, k, scale, bias):
-        weights = original(q, k, scale, bias)
-        calls.append((q, k, scale, bias, weights))
+    def recording(q, keys, scale, bias):
+        weights = original(q, keys, scale, bias)
+        calls.append((q, keys, scale, bias, weights))
         return weights
 
     monkeypatch.setattr(hila_module, "attention_weights", recording)
@@ -208,13 +208,17 @@ def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
     with autocast():
         outputs = model(x)
     assert {id(m) for m, _ in ran} == {id(m) for m in modules}
-    assert len(calls) == len(ran)
+    calls_per_forward = [1 if isinstance(m, BottomUpAttention) else 4 for m, _ in ran]
+    assert len(calls) == sum(calls_per_forward)
     assert all(dtype == BF16 for _, dtype in ran)  # their outputs go back to autocast's dtype
-    for q, k, scale, bias, weights in calls:
-        assert (q.dtype, k.dtype) == (BF16, BF16)
+    for q, keys, scale, bias, weights in calls:
+        assert q.dtype == BF16
+        for k in keys:
+            assert k.dtype == torch.float32 and torch.equal(k.to(BF16).float(), k)
         assert weights.dtype == torch.float32
-        logits = scale * (q.detach().double() @ k.detach().double()) + bias.detach().double()
-        expected = torch.softmax(logits, dim=-1)
+        q64 = q.detach().double()
+        logits = torch.stack([(q64 * k.detach().double()).sum(-1) for k in keys], dim=-1)
+        expected = torch.softmax(scale * logits + bias.detach().double(), dim=-1)
         torch.testing.assert_close(weights.detach().double(), expected, atol=1e-6, rtol=0)
     sum(v.float().mean() for v in outputs.values()).backward()  # through the float32 softmaxes
 

@@ -227,13 +227,14 @@ def test_attention_weights_are_float32_under_autocast(dtype):
     """Under autocast the logits and the softmax are computed in float32 from the low-precision
     queries and keys, and match a float64 softmax of the same inputs."""
     torch.manual_seed(0)
-    q = (torch.randn(3, 1, 1, 8) * 4).to(dtype)
-    k = (torch.randn(3, 1, 8, 4) * 4).to(dtype)
+    q = (torch.randn(3, 5, 8) * 4).to(dtype)
+    keys = [(torch.randn(3, 1, 8) * 4).to(dtype) for _ in range(4)]  # broadcast over axis 1
     bias = torch.tensor([0.5, float("-inf"), -0.25, 1.0])
     with torch.autocast("cpu", dtype=dtype):
-        weights = attention_weights(q, k, 0.35, bias)
-    assert weights.dtype == torch.float32
-    expected = torch.softmax(0.35 * (q.double() @ k.double()) + bias.double(), dim=-1)
+        weights = attention_weights(q, keys, 0.35, bias)
+    assert weights.dtype == torch.float32 and weights.shape == (3, 5, 4)
+    logits = torch.stack([(q.double() * k.double()).sum(-1) for k in keys], dim=-1)
+    expected = torch.softmax(0.35 * logits + bias.double(), dim=-1)
     torch.testing.assert_close(weights.double(), expected, atol=1e-6, rtol=0)
     assert torch.all(weights[..., 1] == 0)
 

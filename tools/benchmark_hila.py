@@ -9,7 +9,6 @@ numbers and the spec's stay in separate, labelled columns.
 """
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -23,12 +22,15 @@ import detectron2  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from fvcore.nn import FlopCountAnalysis  # noqa: E402
-from fvcore.nn.jit_handles import get_shape  # noqa: E402
 from torch import nn  # noqa: E402
 
 import hila_d2  # noqa: E402
-from hila_d2.utils.profiling import device_name, median_step_ms  # noqa: E402
+from hila_d2.utils.profiling import (  # noqa: E402
+    BackboneOutputs as Encoder,
+    device_name,
+    fvcore_gflops,
+    median_step_ms,
+)
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DATASETS = {  # name -> (title, classes, default input size)
@@ -127,18 +129,6 @@ GROUP_SOURCES = {
 }
 
 
-class Encoder(nn.Module):
-    """The backbone alone, returning its features as a tuple (sorted by name) for tracing."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        features = self.backbone(images)
-        return tuple(features[name] for name in sorted(features))
-
-
 class Segmentor(nn.Module):
     """Backbone + semantic head in eval mode: images -> logits at the input resolution."""
 
@@ -172,26 +162,6 @@ def build(config_file: str) -> nn.Module:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def sdpa_flop_jit(inputs, outputs) -> int:
-    """``aten::scaled_dot_product_attention``: the multiply-adds of Q·Kᵀ and of A·V (fvcore has
-    no handle for it; softmax and scaling are not counted, as fvcore skips softmax elsewhere)."""
-    query, key, value = (get_shape(v) for v in inputs[:3])
-    *batch, length, dim = query
-    return math.prod(batch) * length * key[-2] * (dim + value[-1])
-
-
-def fvcore_gflops(module: nn.Module, images: torch.Tensor) -> Tuple[float, Counter]:
-    """fvcore's total in GFLOPs (1 multiply-add = 1 FLOP) and the ops it skipped, silently."""
-    analysis = (
-        FlopCountAnalysis(module, images)
-        .set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-        .unsupported_ops_warnings(False)
-        .uncalled_modules_warnings(False)
-        .tracer_warnings("none")
-    )
-    return analysis.total() / 1e9, analysis.unsupported_ops()
 
 
 def median_latency_ms(module: nn.Module, images: torch.Tensor, warmup: int, repeats: int) -> float:

@@ -20,17 +20,31 @@ following the official schedule. Tokens are channels-last ``(B, H, W, C)`` throu
 the lower grid take part in the Bottom-Up softmax. ``parity_mode=False`` masks those padding
 children and scales by ``(attn_dim / heads) ** -0.5``. Top-Down never attends to padding. Both
 softmaxes are max-subtracted and computed in float32, also under autocast.
+
+Cost: both directions work on views of one padded copy of their keys and values, never on
+16-way unfolded or 4-way gathered tensors. Bottom-Up takes the 16 per-offset views of the
+children on the parent grid (``patch_children``), Top-Down the 4 shifted views of the parents
+for each 2x2 sub-position of the children (``sub_position_children``); logits and outputs are
+elementwise multiply-reduces over channels (``attention_weights``, ``weighted_sum``). In training
+each HILA step keeps only its matmul, attention-kernel and dense-convolution results for the
+backward pass and recomputes the rest (selective activation checkpointing; ``HILAPair``), so its
+memory follows its FLOPs; ``MODEL.HILA.CHECKPOINT`` recomputes everything.
 """
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models.pvt_v2 import MlpWithDepthwiseConv
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+from .mix_ffn import MixFFN
 
 __all__ = [
     "BottomUpAttention",
@@ -39,6 +53,7 @@ __all__ = [
     "HILASettings",
     "PATCH_POSITIONS",
     "PairPlan",
+    "SUB_POSITIONS",
     "TopDownAttention",
     "TopDownBlock",
     "attach_hila_pairs",
@@ -47,8 +62,12 @@ __all__ = [
     "hila_schedule",
     "init_hila_weights",
     "install_bottom_block_init",
+    "interleave_sub_positions",
     "pair_tag",
+    "patch_children",
     "plan_pair",
+    "sub_position_children",
+    "weighted_sum",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +75,41 @@ logger = logging.getLogger(__name__)
 PATCH = 4  # children per side of a parent's patch
 PATCH_POSITIONS = PATCH * PATCH
 LAYER_NORM_EPS = 1e-5  # every HILA LayerNorm (the official modules use PyTorch's default)
+
+
+_ATEN = torch.ops.aten
+# ops whose results a HILA step keeps for its backward pass in training: matmuls, attention
+# kernels and dense convolutions; everything else in the step (norms, padding, the elementwise
+# inter-level attention, GELU, depthwise convolutions) is recomputed in the backward pass
+_KEPT_RESULTS = {
+    _ATEN.mm, _ATEN.addmm, _ATEN.bmm, _ATEN._scaled_dot_product_flash_attention_for_cpu,
+    _ATEN._scaled_dot_product_flash_attention, _ATEN._scaled_dot_product_efficient_attention,
+}  # fmt: skip
+
+
+def _keep_costly_results(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective activation checkpointing policy of the HILA steps (see ``_KEPT_RESULTS``)."""
+    if op.overloadpacket in _KEPT_RESULTS:
+        return CheckpointPolicy.MUST_SAVE
+    if op.overloadpacket is _ATEN.convolution and args[8] == 1:  # groups: dense, not depthwise
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SELECTIVE_CHECKPOINT = partial(create_selective_checkpoint_contexts, _keep_costly_results)
+
+
+def _without_autocast_cache(
+    step: Callable[..., torch.Tensor], *inputs: torch.Tensor
+) -> torch.Tensor:
+    """``step(*inputs)``, under autocast with its weight-cast cache off: selective checkpointing
+    needs the recomputation (which starts with an empty cache) to repeat the forward's casts one
+    for one."""
+    device = inputs[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return step(*inputs)
+    with torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False):
+        return step(*inputs)
 
 
 def pair_tag(top_stage: int) -> str:
@@ -79,6 +133,7 @@ class HILASettings:
     info_weights: Tuple[float, float] = (0.5, 0.5)
     parity_mode: bool = True
     init_bottom_from_lower_stage: bool = False
+    checkpoint: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "HILASettings":
@@ -92,6 +147,7 @@ class HILASettings:
             info_weights=tuple(hila.INFO_WEIGHTS),
             parity_mode=hila.PARITY_MODE,
             init_bottom_from_lower_stage=hila.INIT_BOTTOM_FROM_LOWER_STAGE,
+            checkpoint=hila.CHECKPOINT,
         )
 
     def check(self, num_stages: int) -> None:
@@ -220,17 +276,88 @@ def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, width - x.shape[2], 0, height - x.shape[1]))
 
 
-def attention_weights(
-    q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor
-) -> torch.Tensor:
-    """``softmax(scale * q @ k + bias)`` over the last axis: (..., m, d) @ (..., d, n) -> (..., m, n).
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a lower precision (float16, bfloat16), else unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
-    Computed in float32 even under autocast, and max-subtracted (the official code's plain exp
-    overflows for logits > 88); ``bias`` broadcasts and may hold -inf for masked keys.
+
+def attention_weights(
+    q: torch.Tensor, keys: Sequence[torch.Tensor], scale: float, bias: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over n candidates of ``scale * <q, keys[i]> + bias[..., i]``.
+
+    ``q`` (..., d) and each of the n ``keys`` (broadcastable to ``q``), ``bias`` broadcastable to
+    (..., n) and -inf for masked candidates -> weights (..., n). The dot products are elementwise
+    multiply-reduces over ``d`` (no tiny matmuls), computed in at least float32 even under
+    autocast, and the softmax is max-subtracted (the official code's plain exp overflows for
+    logits > 88).
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        logits = (q.float() * scale) @ k.float() + bias.float()
-        return torch.softmax(logits, dim=-1)
+        q = _at_least_float32(q) * scale
+        logits = torch.stack([(q * _at_least_float32(k)).sum(-1) for k in keys], dim=-1)
+        return torch.softmax(logits + bias.to(logits.dtype), dim=-1)
+
+
+def _inside(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Whether each entry of ``index`` lies in [0, size)."""
+    return (index >= 0) & (index < size)
+
+
+def weighted_sum(weights: torch.Tensor, values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i weights[..., i, None] * values[i]``: weights (..., n), n values (..., d) ->
+    (..., d), in the values' dtype promoted with the weights'."""
+    out = weights[..., 0, None] * values[0]
+    for i in range(1, len(values)):
+        out = torch.addcmul(out, weights[..., i, None], values[i])
+    return out
+
+
+def patch_children(children: torch.Tensor) -> List[torch.Tensor]:
+    """The 16 children of every parent's 4x4 patch, as strided views of one padded copy.
+
+    ``children`` (B, 2Ht, 2Wt, ...) -> 16 tensors (B, Ht, Wt, ...); entry ``p = 4a + b`` holds
+    child (2i - 1 + a, 2j - 1 + b) of parent (i, j), zero outside the grid.
+    """
+    batch, height, width, *rest = children.shape
+    ht, wt = height // 2, width // 2
+    # padded by two children per side, child 2i - 1 + a sits at padded row 2i + 1 + a, that is
+    # row i + (a + 1) // 2 of the 2x2 sub-position (a + 1) % 2
+    grid = F.pad(children, (0, 0) * len(rest) + (2, 2, 2, 2))
+    grid = grid.view(batch, ht + 2, 2, wt + 2, 2, *rest)
+    return [
+        grid[:, (a + 1) // 2 : (a + 1) // 2 + ht, (a + 1) % 2,
+             (b + 1) // 2 : (b + 1) // 2 + wt, (b + 1) % 2]
+        for a in range(PATCH) for b in range(PATCH)
+    ]  # fmt: skip
+
+
+SUB_POSITIONS = ((0, 0), (0, 1), (1, 0), (1, 1))  # a child's (row, col) parity
+
+
+def sub_position_children(children: torch.Tensor) -> List[torch.Tensor]:
+    """(B, 2Ht, 2Wt, ...) -> the 4 views (B, Ht, Wt, ...) of the children at each of
+    ``SUB_POSITIONS``: entry (s, t) holds child (2m + s, 2n + t) at (m, n)."""
+    batch, height, width, *rest = children.shape
+    grid = children.view(batch, height // 2, 2, width // 2, 2, *rest)
+    return [grid[:, :, s, :, t] for s, t in SUB_POSITIONS]
+
+
+def interleave_sub_positions(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Inverse of ``sub_position_children``: 4 tensors (B, Ht, Wt, ...) -> (B, 2Ht, 2Wt, ...)."""
+    rows = [torch.stack(parts[2 * s : 2 * s + 2], dim=3) for s in range(2)]  # (B, Ht, Wt, 2, ...)
+    grid = torch.stack(rows, dim=2)  # (B, Ht, 2, Wt, 2, ...)
+    batch, ht, _, wt, _, *rest = grid.shape
+    return grid.reshape(batch, 2 * ht, 2 * wt, *rest)
+
+
+def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.Tensor, ...]:
+    """For each child index along one axis, its 2 candidate parent indices (clamped into range),
+    their patch offsets (0..3) and whether they exist: three (children, 2) tensors."""
+    child = torch.arange(children, device=device)[:, None]
+    parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
+    offset = child - (2 * parent - 1)
+    exists = (parent >= 0) & (parent < parents)
+    return parent.clamp(0, parents - 1), offset, exists
 
 
 class _InterLevelAttention(nn.Module):
@@ -282,6 +409,10 @@ class BottomUpAttention(_InterLevelAttention):
     ``bottom_valid`` is False (odd lower grids). With ``mask_padding`` the border padding and the
     invalid children are excluded from the softmax; without it (the official semantics) they are
     zero vectors whose keys and values are the ``kv`` bias.
+
+    Computed on the parent grid from the 16 per-offset views of the children
+    (``patch_children``): 16 elementwise multiply-reduces for the logits and 16 multiply-adds for
+    the output, with nothing of 16x the lower map's size materialised.
     """
 
     def __init__(self, *args, mask_padding: bool, **kwargs):
@@ -291,38 +422,22 @@ class BottomUpAttention(_InterLevelAttention):
     def forward(
         self, top: torch.Tensor, bottom: torch.Tensor, bottom_valid: torch.Tensor
     ) -> torch.Tensor:
-        batch, ht, wt, _ = top.shape
-        q = self._heads(self.q(top)).unsqueeze(-2)  # (B, Ht, Wt, h, 1, d)
-        # kv(child) = W child + bias; padding children are zero, so unfolding W·child with zero
-        # padding and adding the bias afterwards equals kv() of the zero-padded patch.
-        kv = F.linear(bottom, self.kv.weight).permute(0, 3, 1, 2)  # (B, 2A, 2Ht, 2Wt)
-        kv = F.unfold(kv, kernel_size=PATCH, stride=2, padding=1)  # (B, 2A*16, Ht*Wt)
-        kv = kv.view(batch, 2 * self.attn_dim, PATCH_POSITIONS, ht, wt).permute(0, 3, 4, 2, 1)
-        if self.kv.bias is not None:
-            # in kv's dtype: under autocast a float32 bias would promote the unfolded (16x) keys
-            # and values to float32 (nn.Linear under autocast adds its bias in low precision too)
-            kv = kv + self.kv.bias.to(kv.dtype)
-        k, v = (self._heads(t).transpose(-3, -2) for t in kv.chunk(2, dim=-1))  # (B,Ht,Wt,h,16,d)
-        bias = self.position_bias().float()
+        q = self._heads(self.q(top))  # (B, Ht, Wt, h, d)
+        # kv(child) = W child + bias. The key bias adds the same q . bias_k to all 16 logits of a
+        # parent, which the softmax cancels; the value bias adds bias_v to the output, since the
+        # weights sum to 1. So the padding children (zero vectors) are zero here, like the border.
+        kv = _at_least_float32(F.linear(bottom, self.kv.weight))
+        keys, values = (patch_children(self._heads(t)) for t in kv.chunk(2, dim=-1))
+        bias = self.position_bias()
         if self.mask_padding:
-            valid = F.unfold(
-                bottom_valid[None, None].float(), kernel_size=PATCH, stride=2, padding=1
-            )  # (1, 16, Ht*Wt)
-            valid = valid.view(PATCH_POSITIONS, ht, wt).permute(1, 2, 0)[:, :, None, None, :]
-            bias = bias.masked_fill(valid == 0, float("-inf"))
-        weights = attention_weights(q, k.transpose(-1, -2), self.scale, bias)  # (B,Ht,Wt,h,1,16)
-        out = (weights.to(v.dtype) @ v).squeeze(-2).flatten(-2)  # (B, Ht, Wt, A)
-        return self.proj(out)
-
-
-def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.Tensor, ...]:
-    """For each child index along one axis, its 2 candidate parent indices (clamped into range),
-    their patch offsets (0..3) and whether they exist: three (children, 2) tensors."""
-    child = torch.arange(children, device=device)[:, None]
-    parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
-    offset = child - (2 * parent - 1)
-    exists = (parent >= 0) & (parent < parents)
-    return parent.clamp(0, parents - 1), offset, exists
+            valid = patch_children(bottom_valid[None, :, :, None].to(bias.dtype))
+            invalid = torch.stack(valid, dim=-1) == 0  # (1, Ht, Wt, 1, 16)
+            bias = bias.masked_fill(invalid, float("-inf"))
+        weights = attention_weights(q, keys, self.scale, bias)  # (B, Ht, Wt, h, 16)
+        out = weighted_sum(weights, values)  # (B, Ht, Wt, h, d)
+        if self.kv.bias is not None:
+            out = out + self._heads(self.kv.bias[self.attn_dim :])
+        return self.proj(out.flatten(-2).to(self.proj.weight.dtype))
 
 
 class TopDownAttention(_InterLevelAttention):
@@ -332,50 +447,59 @@ class TopDownAttention(_InterLevelAttention):
     -> (B, Hc, Wc, Cb). Both inputs are already normalised. The candidates of child (r, c) are
     ordered (row 0, col 0), (row 0, col 1), (row 1, col 0), (row 1, col 1) of
     ``candidate_parents``.
+
+    Computed per sub-position (s, t) of the children (``sub_position_children``): child
+    (2m + s, 2n + t) has the candidate parents (m + s + d - 1, n + t + e - 1), d, e in {0, 1},
+    at patch offsets (3 - s - 2d, 3 - t - 2e): four shifted views of the padded parent grid.
     """
 
-    def _candidates(self, top: torch.Tensor, children: Tuple[int, int]):
-        """Keys and values of every child's 4 candidates, each (B, Hc, Wc, 4, h, d), and the
-        (Hc, Wc, 4) logit bias: the position bias, -inf for candidates outside the grid."""
-        (ht, wt), (hc, wc) = top.shape[1:3], children
-        rows, row_offsets, row_exists = candidate_parents(hc, ht, top.device)
-        cols, col_offsets, col_exists = candidate_parents(wc, wt, top.device)
-        index = (rows[:, None, :, None], cols[None, :, None, :])
-        k, v = (
-            self._heads(t)[:, index[0], index[1]].flatten(3, 4)
-            for t in self.kv(top).chunk(2, dim=-1)
-        )
-        positions = PATCH * row_offsets[:, None, :, None] + col_offsets[None, :, None, :]
-        exists = row_exists[:, None, :, None] & col_exists[None, :, None, :]
-        bias = self.position_bias().float()[positions.flatten(2)]
-        return k, v, bias.masked_fill(~exists.flatten(2), float("-inf"))
-
-    def _weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """q (B, Hc, Wc, h, 1, d), k (B, Hc, Wc, 4, h, d) -> (B, Hc, Wc, h, 1, 4) float32."""
-        return attention_weights(q, k.permute(0, 1, 2, 4, 5, 3), self.scale, bias[:, :, None, None])
+    def _sub_position_weights(
+        self, top: torch.Tensor, bottom: torch.Tensor
+    ) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Per sub-position (s, t): the weights (B, Ht, Wt, h, 4) of the children there over
+        their candidates, and the candidates' values, 4 views (B, Ht, Wt, h, d)."""
+        ht, wt = top.shape[1:3]
+        queries = sub_position_children(self._heads(self.q(bottom)))
+        kv = F.pad(_at_least_float32(self.kv(top)), (0, 0, 1, 1, 1, 1))  # (B, Ht+2, Wt+2, 2A)
+        keys, values = (self._heads(t) for t in kv.chunk(2, dim=-1))
+        position = self.position_bias()
+        rows, cols = (torch.arange(n, device=top.device) for n in (ht, wt))
+        per_sub_position = []
+        for q, (s, t) in zip(queries, SUB_POSITIONS):
+            # candidate (d, e): the padded parent grid shifted by (u, v) = (s + d, t + e), that is
+            # parent (m + u - 1, n + v - 1), patch offset (3 + s - 2u, 3 + t - 2v)
+            shifts = [(s + d, t + e) for d in range(2) for e in range(2)]
+            bias = torch.stack(
+                [
+                    position[PATCH * (3 + s - 2 * u) + 3 + t - 2 * v].masked_fill(
+                        ~(_inside(rows + u - 1, ht)[:, None] & _inside(cols + v - 1, wt)),
+                        float("-inf"),
+                    )
+                    for u, v in shifts
+                ],
+                dim=-1,
+            )  # (Ht, Wt, 4)
+            windows = [(u, u + ht, v, v + wt) for u, v in shifts]
+            weights = attention_weights(
+                q, [keys[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows], self.scale,
+                bias[:, :, None],
+            )  # fmt: skip
+            candidates = [values[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows]
+            per_sub_position.append((weights, candidates))
+        return per_sub_position
 
     def assignment(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """How much each child is assigned to each of its candidate parents: (B, Hc, Wc, h, 4),
         summing to 1 over the last axis (0 for candidates outside the grid)."""
-        k, _, bias = self._candidates(top, bottom.shape[1:3])
-        q = self._heads(self.q(bottom)).unsqueeze(-2)
-        return self._weights(q, k, bias).squeeze(-2)
+        return interleave_sub_positions(
+            [weights for weights, _ in self._sub_position_weights(top, bottom)]
+        )
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        k, v, bias = self._candidates(top, bottom.shape[1:3])
-        q = self._heads(self.q(bottom)).unsqueeze(-2)  # (B, Hc, Wc, h, 1, d)
-        weights = self._weights(q, k, bias).to(v.dtype)
-        out = (weights @ v.transpose(3, 4)).squeeze(-2).flatten(-2)  # (B, Hc, Wc, A)
-        return self.proj(out)
-
-
-class _MixFFN(MlpWithDepthwiseConv):
-    """MiT's Mix-FFN on channels-last tokens: (B, H, W, C) -> (B, H, W, C)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = x.shape
-        out = super().forward(x.reshape(batch, height * width, channels), (height, width))
-        return out.reshape(batch, height, width, -1)
+        out = interleave_sub_positions(
+            [weighted_sum(w, values) for w, values in self._sub_position_weights(top, bottom)]
+        )  # (B, Hc, Wc, h, d)
+        return self.proj(out.flatten(-2).to(self.proj.weight.dtype))
 
 
 class _InterLevelBlock(nn.Module):
@@ -419,7 +543,7 @@ class TopDownBlock(_InterLevelBlock):
             bottom_dim, top_dim, attn_dim, num_heads,
             scale_dim=bottom_dim if parity_mode else attn_dim,
         )
-        self.bottom_mlp = _MixFFN(bottom_dim, int(bottom_dim * mlp_ratio))
+        self.bottom_mlp = MixFFN(bottom_dim, int(bottom_dim * mlp_ratio))
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated bottom (B, Hb, Wb, Cb)."""
@@ -458,7 +582,7 @@ class BottomUpBlock(_InterLevelBlock):
             scale_dim=top_dim if parity_mode else attn_dim,
             mask_padding=not parity_mode,
         )
-        self.top_mlp = _MixFFN(top_dim, int(top_dim * mlp_ratio))
+        self.top_mlp = MixFFN(top_dim, int(top_dim * mlp_ratio))
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """top (B, Ht, Wt, Ct), bottom (B, Hb, Wb, Cb) -> updated top (B, Ht, Wt, Ct)."""
@@ -481,6 +605,13 @@ class HILAPair(nn.Module):
     ``bottom_norm`` runs after every upper block that is not followed by Top-Down; otherwise it
     runs once at the end (the official MiT ``prevnorm``). The weights are shared by all iterations.
     ``restrict(plan)`` keeps only the steps and modules that an encoder's used outputs need.
+
+    In training, each step (Bottom-Up block, Top-Down block, lower-level block) keeps only the
+    results of its matmuls, attention kernels and dense convolutions for the backward pass and
+    recomputes the cheap rest there (selective activation checkpointing, ``_KEPT_RESULTS``), so
+    that HILA's training memory follows its compute. With ``checkpoint`` it keeps nothing but
+    its inputs and recomputes everything (less memory, one more forward of the HILA steps).
+    The random state of drop path is replayed in the recomputation.
     """
 
     def __init__(
@@ -496,11 +627,13 @@ class HILAPair(nn.Module):
         drop_path: float = 0.0,
         parity_mode: bool = True,
         norm_every_step: bool = False,
+        checkpoint: bool = False,
     ):
         super().__init__()
         hila_schedule(1, stride)  # validates the stride
         self.stride = stride
         self.norm_every_step = norm_every_step
+        self.checkpoint = checkpoint
         block_args = dict(
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
@@ -537,8 +670,8 @@ class HILAPair(nn.Module):
         **kwargs,
     ) -> "HILAPair":
         """The pair whose upper stage is ``top`` (1-based) with the stride, heads, MLP ratio, info
-        weights and parity mode of ``hila``; ``kwargs`` (``drop_path``, ``norm_every_step``) as
-        in ``__init__``."""
+        weights, parity mode and checkpointing of ``hila``; ``kwargs`` (``drop_path``,
+        ``norm_every_step``) as in ``__init__``."""
         return cls(
             bottom_dim,
             top_dim,
@@ -548,6 +681,7 @@ class HILAPair(nn.Module):
             mlp_ratio=hila.mlp_ratio,
             info_weights=hila.info_weights,
             parity_mode=hila.parity_mode,
+            checkpoint=hila.checkpoint,
             **kwargs,
         )
 
@@ -572,17 +706,30 @@ class HILAPair(nn.Module):
         uses = 0
         for j in range(plan.steps):
             if plan.bottom_up[j]:
-                top = self.bottom_up(top, bottom)
+                top = self._run(self.bottom_up, top, bottom)
             if j < plan.blocks:
                 top = top_blocks[j](top)
             if plan.top_down[j]:
-                bottom = self.bottom_block(self.top_down(top, bottom), uses)
+                updated = self._run(self.top_down, top, bottom)
+                bottom = self._run(partial(self.bottom_block, use_index=uses), updated)
                 uses += 1
             elif plan.step_norm[j]:
                 bottom = self.bottom_norm(bottom)
         if plan.final_norm:
             bottom = self.bottom_norm(bottom)
         return top, bottom
+
+    def _run(self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """``step(*inputs)``, checkpointed in training: selectively, or fully with
+        ``checkpoint``."""
+        if not (self.training and torch.is_grad_enabled()):
+            return step(*inputs)
+        if self.checkpoint:
+            return activation_checkpoint(step, *inputs, use_reentrant=False)
+        return activation_checkpoint(
+            partial(_without_autocast_cache, step), *inputs, use_reentrant=False,
+            context_fn=_SELECTIVE_CHECKPOINT,
+        )  # fmt: skip
 
     @torch.no_grad()
     def init_bottom_block_from(self, block: nn.Module) -> None:

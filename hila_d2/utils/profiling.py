@@ -1,15 +1,63 @@
-"""Time and memory of one step (a forward, or a training step) on CPU or CUDA, and the Markdown
-tables the benchmark tools print (``tools/benchmark.py``, ``tools/benchmark_hmsa.py``)."""
+"""Time, memory and fvcore FLOPs of one step (a forward, or a training step) on CPU or CUDA, and
+the Markdown tables the benchmark tools print (``tools/benchmark*.py``)."""
+import math
 import os
 import platform
 import statistics
 import time
-from typing import Callable, List, Sequence
+from collections import Counter
+from typing import Callable, List, Sequence, Tuple
 
 import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["device_name", "markdown_table", "median_step_ms", "peak_step_memory"]
+__all__ = [
+    "BackboneOutputs",
+    "device_name",
+    "fvcore_gflops",
+    "interleaved_median_ms",
+    "markdown_table",
+    "median_step_ms",
+    "peak_step_memory",
+    "sdpa_flop_jit",
+    "step_ms",
+]
+
+
+class BackboneOutputs(nn.Module):
+    """A detectron2 backbone returning its features as a tuple sorted by name (for tracing)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.backbone(images)
+        return tuple(features[name] for name in sorted(features))
+
+
+def sdpa_flop_jit(inputs, outputs) -> int:
+    """``aten::scaled_dot_product_attention``: the multiply-adds of Q·Kᵀ and of A·V (fvcore has
+    no handle for it; softmax and scaling are not counted, as fvcore skips softmax elsewhere)."""
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    *batch, length, dim = query
+    return math.prod(batch) * length * key[-2] * (dim + value[-1])
+
+
+def fvcore_gflops(module: nn.Module, *inputs: torch.Tensor) -> Tuple[float, Counter]:
+    """fvcore's total in GFLOPs (1 multiply-add = 1 FLOP) of ``module(*inputs)`` and the ops it
+    skipped, silently."""
+    analysis = (
+        FlopCountAnalysis(module, inputs)
+        .set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        .unsupported_ops_warnings(False)
+        .uncalled_modules_warnings(False)
+        .tracer_warnings("none")
+    )
+    return analysis.total() / 1e9, analysis.unsupported_ops()
 
 
 def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
@@ -32,19 +80,35 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def step_ms(step: Callable[[], None], device: torch.device) -> float:
+    """Wall time in ms of one call of ``step()`` (on CUDA, synchronized before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
 def median_step_ms(step: Callable[[], None], device: torch.device, iterations: int) -> float:
-    """Median wall time in ms of ``iterations`` calls of ``step()`` (on CUDA, synchronized
-    before and after each call)."""
-    times = []
-    for _ in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median wall time in ms of ``iterations`` calls of ``step()``."""
+    return statistics.median(step_ms(step, device) for _ in range(iterations))
+
+
+def interleaved_median_ms(
+    steps: Sequence[Callable[[], None]], device: torch.device, warmup: int, repeats: int
+) -> List[float]:
+    """Median ms of each of ``steps`` over ``repeats`` rounds that run every step once in turn
+    (so that machine noise hits them alike), after ``warmup`` untimed calls of each."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times: List[List[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for step, record in zip(steps, times):
+            record.append(step_ms(step, device))
+    return [statistics.median(record) for record in times]
 
 
 def device_name(device: torch.device) -> str:

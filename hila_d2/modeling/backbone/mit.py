@@ -25,6 +25,7 @@ from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
 from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
+from ..mix_ffn import use_channels_last_depthwise
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
@@ -116,6 +117,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             lambda top: f"stages.{top - 2}.blocks.{depths[top - 2] - 1}",
         )
         self._keep_only(plan_encoder(depths, out_features, hila))
+        use_channels_last_depthwise(self)
 
     def _drop_unplanned(self, plan: EncoderPlan) -> None:
         self.stages = self.stages[: plan.num_stages]

@@ -39,6 +39,7 @@ def hila_settings(**overrides):
         info_weights=[0.5, 0.5],
         parity_mode=True,
         init_bottom_from_lower_stage=False,
+        checkpoint=False,
     )
     fields.update(overrides)
     return L(HILASettings)(**fields)

@@ -14,6 +14,7 @@ DATASETS.TRAIN and TEST when training; the evaluators then report each class by 
 """
 import logging
 import os
+from unittest import mock
 
 import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog, build_detection_train_loader
@@ -64,13 +65,15 @@ def create_ddp_model(model, **kwargs):
     return _create_ddp_model(model, **kwargs)
 
 
-# DefaultTrainer.__init__ wraps the model with this module-level function
-engine_defaults.create_ddp_model = create_ddp_model
-
-
 class Trainer(DefaultTrainer):
     """detectron2's trainer with hila_d2's mapper, optimiser, schedule, evaluators and
     checkpointer."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ wraps the model with detectron2.engine.defaults'
+        # create_ddp_model: ours stands in for it during this constructor only
+        with mock.patch.object(engine_defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
 
     def build_hooks(self):
         """detectron2's hooks, after ``self.checkpointer`` (built just before, and saved through

@@ -153,3 +153,16 @@ def test_meta_architectures_name_the_expected_shape(predictors, model, channels)
 def test_backbones_name_the_expected_shape(predictors, model):
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 3, H, W\), got \(1, 2"):
         predictors(model).model.backbone(torch.zeros(1, 2, 32, 32))
+
+
+def test_mit_names_its_minimum_input_size():
+    """MiT's stage-1 spatial reduction (an 8x8 stride-8 conv on the H/4 x W/4 grid) needs 29
+    pixels a side: 28 is a ValueError naming the minimum, 29 runs."""
+    from hila_d2.modeling.backbone.mit import MixVisionTransformer
+
+    mit = MixVisionTransformer(variant="B0").eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"MiT needs images of at least 29x29 pixels.*got 28x64"):
+            mit(torch.zeros(1, 3, 28, 64))
+        outputs = mit(torch.zeros(1, 3, 29, 64))
+    assert outputs["res2"].shape[-2:] == (8, 16)

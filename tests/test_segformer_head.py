@@ -7,7 +7,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 
 import hila_d2
-from hila_d2.modeling.heads.segformer_head import SegFormerHead, semantic_segmentation_loss
+from hila_d2.modeling.heads.segformer_head import SegFormerHead
+from hila_d2.modeling.losses import semantic_segmentation_loss
 
 SHAPES = {
     "res2": ShapeSpec(channels=8, stride=4),

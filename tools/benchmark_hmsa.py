@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 import hila_d2  # noqa: E402
 from hila_d2.modeling import HierarchicalMultiScaleSegmentor  # noqa: E402
-from hila_d2.modeling.heads.segformer_head import semantic_segmentation_loss  # noqa: E402
+from hila_d2.modeling.losses import semantic_segmentation_loss  # noqa: E402
 from hila_d2.modeling.meta_arch.hmsa import check_scales  # noqa: E402
 from hila_d2.utils.profiling import markdown_table, median_step_ms, peak_step_memory  # noqa: E402
 

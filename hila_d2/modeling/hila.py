@@ -84,6 +84,7 @@ _ATEN = torch.ops.aten
 _KEPT_RESULTS = {
     _ATEN.mm, _ATEN.addmm, _ATEN.bmm, _ATEN._scaled_dot_product_flash_attention_for_cpu,
     _ATEN._scaled_dot_product_flash_attention, _ATEN._scaled_dot_product_efficient_attention,
+    _ATEN._scaled_dot_product_cudnn_attention,
 }  # fmt: skip
 
 

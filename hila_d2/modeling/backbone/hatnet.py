@@ -294,6 +294,7 @@ class HATNet(PyramidBackbone):
     ``out_features`` is built (``stage_plan``): every parameter takes part in them."""
 
     config_group = "MODEL.HATNET"  # its yacs keys
+    family = "HAT-Net"
 
     @configurable
     def __init__(
@@ -465,10 +466,7 @@ class HATNet(PyramidBackbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"HAT-Net expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
+        self.check_images(x)
         outputs: List[torch.Tensor] = []  # NCHW stage outputs
         tokens = self.patch_embed(x)  # (B, C1, ceil(H/4), ceil(W/4))
         for i, stage in enumerate(self.blocks):

@@ -69,6 +69,11 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
     (``stage_plan``): every parameter takes part in them."""
 
     config_group = "MODEL.MIT"  # its yacs keys
+    family = "MiT"
+    # stage 1 (the H/4 x W/4 grid, a stride-4 patch embedding of any size) reduces its keys and
+    # values with an 8x8 stride-8 conv, so that grid needs 8 rows and columns: H, W >= 29
+    min_input_size = 29
+    min_input_reason = "its stage-1 attention reduces the H/4 x W/4 grid by an 8x8 convolution"
 
     @configurable
     def __init__(
@@ -154,10 +159,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"MiT expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
+        self.check_images(x)
         outputs = []  # channels-last (B, H, W, C) stage outputs
         tokens = self.patch_embed(x)  # (B, H/4, W/4, C1)
         for index, stage in enumerate(self.stages):

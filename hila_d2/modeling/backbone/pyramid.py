@@ -3,6 +3,7 @@
 from abc import abstractmethod
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
+import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
@@ -48,7 +49,26 @@ class PyramidBackbone(Backbone):
 
     _out_feature_strides = dict(zip(STAGE_NAMES, STAGE_STRIDES))
     config_group = ""  # the encoder's yacs group, e.g. "MODEL.MIT"
+    family = ""  # the encoder's name in error messages, e.g. "MiT"
+    min_input_size = 1  # the smallest image height and width it runs on
+    min_input_reason = ""  # why, for the error message
     unbuilt_keys: Tuple[str, ...] = ()
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """ValueError naming the expected shape unless ``x`` is (B, in_chans, H, W) with H and W
+        at least ``min_input_size``."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{self.family} expects images of shape (B, {self.in_chans}, H, W), got "
+                f"{tuple(x.shape)}"
+            )
+        if min(x.shape[2:]) < self.min_input_size:
+            size = self.min_input_size
+            raise ValueError(
+                f"{self.family} needs images of at least {size}x{size} pixels "
+                f"({self.min_input_reason}), got {x.shape[2]}x{x.shape[3]}: resize or pad them "
+                "(e.g. INPUT.MIN_SIZE_TEST, or pad to a multiple of size_divisibility 32)"
+            )
 
     def _keep_only(self, plan) -> None:
         """Drop the stages, blocks, norms (``_drop_unplanned``, per encoder) and HILA steps that

@@ -142,6 +142,7 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
     (``stage_plan``): every parameter takes part in them."""
 
     config_group = "MODEL.HILA_D2_SWIN"  # its yacs keys
+    family = "Swin"
 
     @configurable
     def __init__(
@@ -256,10 +257,7 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"Swin expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
+        self.check_images(x)
         stages = []  # per stage: NHWC tokens, raw or (below a pair) the pair's normed output
         tokens = self.patch_embed(x)  # (B, ceil(H/4), ceil(W/4), C)
         for i, stage in enumerate(self.layers):

@@ -9,7 +9,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .segformer_head import semantic_segmentation_loss
+from ..losses import semantic_segmentation_loss
 
 __all__ = ["UPerNetHead"]
 

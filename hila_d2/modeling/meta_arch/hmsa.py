@@ -15,7 +15,7 @@ from torch import nn
 
 from ..heads.head_features import head_forward_features, penultimate_channels
 from ..heads.scale_attention import ScaleAttentionHead
-from ..heads.segformer_head import semantic_segmentation_loss
+from ..losses import semantic_segmentation_loss
 from .inputs import check_image_channels
 
 __all__ = ["HierarchicalMultiScaleSegmentor", "fuse_hierarchically", "check_scales"]

@@ -526,19 +526,27 @@ def datasets():
             DatasetCatalog.remove(name)
 
 
-def test_set_class_names(datasets, caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("hila_d2"), "propagate", True)  # train_net stops it
+def test_set_class_names(datasets):
     unnamed = datasets("names_unnamed")
     set_class_names(unnamed, LABELS, "w.pkl")
     assert MetadataCatalog.get(unnamed).stuff_classes == LABELS
 
     own = ["wall", "sky", "street", "tree", "automobile"]
     named = datasets("names_named", own)
-    with caplog.at_level("WARNING"):
+    # the records of set_class_names' own logger, whatever handlers earlier tests (train_net's
+    # setup_logger) left on its parents
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("hila_d2.data.metadata")
+    logger.addHandler(handler)
+    try:
         set_class_names(named, LABELS, "w.pkl")
         set_class_names(datasets("names_same", LABELS), LABELS, "w.pkl")  # no warning
+    finally:
+        logger.removeHandler(handler)
     assert MetadataCatalog.get(named).stuff_classes == own  # the dataset's names win
-    [warning] = caplog.messages
+    [warning] = [record.getMessage() for record in records]
     assert "'w.pkl' name 2 of the 5 classes of 'names_named' differently" in warning
     assert "2: 'street' / 'road', 4: 'automobile' / 'car'; keeping the dataset's" in warning
 

@@ -20,10 +20,12 @@ RES235 = "['res2', 'res3', 'res5']"
 
 
 def two_process_run(config: str, output_dir: Path, *opts: str) -> str:
-    """Train 3 iterations on 2 CPU ranks; return rank 0's log."""
+    """Train 3 iterations on 2 CPU ranks (on a free port: ``--dist-url auto``); return rank 0's
+    log."""
     run_train_net(
-        "--num-gpus", "2", *SHORT, *opts, "OUTPUT_DIR", str(output_dir), config=config
-    )
+        "--num-gpus", "2", "--dist-url", "auto", *SHORT, *opts, "OUTPUT_DIR", str(output_dir),
+        config=config,
+    )  # fmt: skip
     log = (output_dir / "log.txt").read_text()
     assert "World size: 2" in (output_dir / "log.txt.rank1").read_text()
     assert torch.load(output_dir / "model_final.pth", weights_only=True)["iteration"] == 2

@@ -59,7 +59,12 @@ def test_sigkill_then_resume_reaches_the_same_final_iteration(tmp_path):
 def test_two_cpu_processes_over_gloo(tmp_path):
     """``--num-gpus 2`` on CPU: two ranks train (DistributedDataParallel over gloo) and rank 0
     evaluates."""
-    run_train_net("--num-gpus", "2", "SOLVER.MAX_ITER", "10", *FAST, "OUTPUT_DIR", str(tmp_path))
+    # --dist-url auto: a free port (detectron2's default port is fixed per user, so two runs at
+    # once, e.g. two checkouts' test suites, would collide)
+    run_train_net(
+        "--num-gpus", "2", "--dist-url", "auto", "SOLVER.MAX_ITER", "10", *FAST,
+        "OUTPUT_DIR", str(tmp_path),
+    )  # fmt: skip
     assert "World size: 2" in (tmp_path / "log.txt").read_text()
     assert "Rank of current process: 1. World size: 2" in (tmp_path / "log.txt.rank1").read_text()
     assert checkpoint_iteration(tmp_path / "model_final.pth") == 9

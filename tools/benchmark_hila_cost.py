@@ -99,6 +99,9 @@ class Variant:
     label: str
     module: nn.Module
     wrap: Callable[[nn.Module], object]  # context manager around every step
+    eager: bool = True  # its FLOPs are counted (compiled modules are not traced)
+    inference: bool = True  # timed in inference (the checkpointed model's forward is HILA's)
+    training: bool = True  # timed and measured in training
     gflops: Optional[float] = None
     inference_ms: Optional[float] = None
     train_ms: Optional[float] = None
@@ -156,34 +159,39 @@ def case_variants(key: str, args) -> List[Variant]:
             "HILA, MODEL.HILA.CHECKPOINT",
             build_encoder(case.hila, args.device, ["MODEL.HILA.CHECKPOINT", "True"]),
             _plain_run,
+            eager=False,
+            inference=False,
         ),
     ]
     if args.compile:
         variants += [
-            Variant("plain, torch.compile", torch.compile(plain), _plain_run),
-            Variant("HILA, torch.compile", torch.compile(hila), _plain_run),
-        ]
+            Variant(f"{v.label}, torch.compile", torch.compile(v.module), _plain_run,
+                    eager=False, training=False)
+            for v in variants[:2]
+        ]  # fmt: skip
     if key == B2_CASE:
         b2 = build_encoder(B2_CONFIG, args.device)
-        variants.append(Variant("plain MiT-B2", b2, _plain_run))
+        variants.append(Variant("plain MiT-B2", b2, _plain_run, training=False))
     return variants
 
 
 def measure_case(key: str, images: torch.Tensor, args) -> List[Variant]:
     """Every variant's FLOPs, interleaved inference latencies, training steps and peak memory."""
     variants = case_variants(key, args)
-    eager = [v for v in variants if "torch.compile" not in v.label]
-    for variant in eager:
-        if "CHECKPOINT" not in variant.label:  # same forward as "HILA"
+    gflops = {}  # by module: "HILA" and its reference formulation are one model, counted once
+    for variant in (v for v in variants if v.eager):
+        if id(variant.module) not in gflops:
             with torch.no_grad(), reference_formulation(variant.module):
-                variant.gflops, _ = fvcore_gflops(BackboneOutputs(variant.module.eval()), images)
-    inference = [v for v in variants if "CHECKPOINT" not in v.label]
+                module = BackboneOutputs(variant.module.eval())
+                gflops[id(variant.module)], _ = fvcore_gflops(module, images)
+        variant.gflops = gflops[id(variant.module)]
+    inference = [v for v in variants if v.inference]
     medians = interleaved_median_ms(
         [inference_step(v, images) for v in inference], images.device, args.warmup, args.repeats
     )
     for variant, ms in zip(inference, medians):
         variant.inference_ms = ms
-    training = [v for v in eager if v.label != "plain MiT-B2"]
+    training = [v for v in variants if v.training]
     steps = [training_step(v, images) for v in training]
     for variant, ms in zip(
         training, interleaved_median_ms(steps, images.device, args.warmup, args.repeats)
@@ -209,10 +217,10 @@ def case_rows(case: Case, variants: List[Variant]) -> List[List[str]]:
     """One table row per variant, ratios over the plain encoder of the case."""
     plain = variants[0]
     flop_ratio = variants[1].gflops / plain.gflops
+    compiled_plain = next((v for v in variants if v.label == "plain, torch.compile"), None)
     rows = []
     for variant in variants:
         is_hila = variant.label.startswith("HILA")
-        compiled_plain = next((v for v in variants if v.label == "plain, torch.compile"), None)
         base = compiled_plain if variant.label == "HILA, torch.compile" else plain
         latency = variant.inference_ms / base.inference_ms if variant.inference_ms else None
         memory = variant.train_mib / plain.train_mib if variant.train_mib else None

@@ -357,8 +357,7 @@ def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.T
     child = torch.arange(children, device=device)[:, None]
     parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
     offset = child - (2 * parent - 1)
-    exists = (parent >= 0) & (parent < parents)
-    return parent.clamp(0, parents - 1), offset, exists
+    return parent.clamp(0, parents - 1), offset, _inside(parent, parents)
 
 
 class _InterLevelAttention(nn.Module):

@@ -46,7 +46,7 @@ def test_b0_tables(capsys):
 
 
 def test_hatnet_tiny_matches_the_spec_counts(capsys):
-    """HAT-Net-T at 224x224: hatnet.md §4's backbone params, and its fvcore total of the
+    """HAT-Net-T at 224x224: docs/design/hatnet.md §4's backbone params, and its fvcore total of the
     classification model (2.146 G, of which the classifier is 0.0004 G)."""
     benchmark = load_benchmark()
     benchmark.main(

@@ -1,5 +1,5 @@
 """tools/benchmark_hmsa.py on a tiny setting: both variants measured, the explicit baseline built
-as hmsa.md §2.4 describes, 3-scale explicit training costing more memory than 2-scale
+as docs/design/hmsa.md §2.4 describes, 3-scale explicit training costing more memory than 2-scale
 hierarchical training, and ratios consistent with the table's own numbers."""
 
 import pytest

@@ -1,5 +1,5 @@
-"""Official HAT-Net v2.0 checkpoints (hatnet.md §5) -> hila_d2 HAT-Net: round trip of random
-official-layout state dicts in every outer format, variant inference, errors, and the CLI's
+"""Official HAT-Net v2.0 checkpoints (docs/design/hatnet.md §5) -> hila_d2 HAT-Net: round trip of
+random official-layout state dicts in every outer format, variant inference, errors, and the CLI's
 --fpn output loading into a Mask R-CNN config with proj_norm still frozen."""
 import pytest
 import torch

@@ -28,7 +28,7 @@ from hila_d2.data.metadata import set_class_names
 from hila_d2.modeling.backbone.mit import STAGE_NAMES, MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
-from hila_d2.utils.references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
+from hila_d2.testing.references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
 
 transformers = pytest.importorskip("transformers")
 ODD_SIZE = (75, 110)

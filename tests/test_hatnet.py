@@ -1,6 +1,7 @@
-"""HAT-Net backbone (hatnet.md): the official parameter names, counts and shapes of T/S/M/L; at
-sizes divisible by 224 the padded H-MHSA equals the official unpadded computation bit for bit; at
-odd sizes it equals a brute-force per-window reference; outputs, options and config errors."""
+"""HAT-Net backbone (docs/design/hatnet.md): the official parameter names, counts and shapes of
+T/S/M/L; at sizes divisible by 224 the padded H-MHSA equals the official unpadded computation bit
+for bit; at odd sizes it equals a brute-force per-window reference; outputs, options and config
+errors."""
 import copy
 import math
 
@@ -15,7 +16,7 @@ import hila_d2
 from hila_d2.modeling.backbone import hatnet as hatnet_module
 from hila_d2.modeling.backbone.hatnet import HATNet, HierarchicalAttention
 
-# hatnet.md §4: (dims, head dim, depths, depthwise kernels); expansions 8/8/4/4 for all
+# docs/design/hatnet.md §4: (dims, head dim, depths, depthwise kernels); expansions 8/8/4/4 for all
 SPEC = {
     "T": ((48, 96, 240, 384), 48, (2, 2, 6, 3), (3, 3, 3, 3)),
     "S": ((64, 128, 320, 512), 64, (2, 3, 8, 3), (3, 3, 3, 3)),
@@ -23,14 +24,16 @@ SPEC = {
     "L": ((64, 128, 320, 640), 64, (3, 8, 27, 3), (3, 3, 3, 3)),
 }
 EXPANSIONS = (8, 8, 4, 4)
-# hatnet.md §4: exact parameters of the official classification model (with its classifier)
+# docs/design/hatnet.md §4: exact parameters of the official classification model (with its
+# classifier)
 PARAMS_WITH_CLASSIFIER = {"T": 12_655_912, "S": 25_747_784, "M": 42_942_472, "L": 63_132_488}
 README_PARAMS_M = {"T": 12.7, "S": 25.7, "M": 42.9, "L": 63.1}
 KEYS_WITH_CLASSIFIER = {"T": 295, "S": 364, "M": 686, "L": 939}
 
 
 def official_shapes(variant: str) -> dict:
-    """hatnet.md §5.2: name -> shape of every official state-dict entry except the classifier."""
+    """docs/design/hatnet.md §5.2: name -> shape of every official state-dict entry except the
+    classifier."""
     dims, _, depths, kernels = SPEC[variant]
     shapes = {
         "patch_embed.0.weight": (16, 3, 3, 3), "patch_embed.0.bias": (16,),
@@ -78,10 +81,10 @@ def test_official_names_shapes_and_parameter_counts(variant):
     assert heads == [c // SPEC[variant][1] for c in SPEC[variant][0]] and heads[0] == 1
 
 
-# ---- the official computation (hatnet.md §2.2-2.3), written independently of the model: windows
-# by unfold, floor-mode pooling, no padding; valid only when every map is divisible by G and r.
-# It calls the same attention kernel on contiguous q, k, v, as the model does, so results can
-# be compared bit for bit.
+# ---- the official computation (docs/design/hatnet.md §2.2-2.3), written independently of the
+# model: windows by unfold, floor-mode pooling, no padding; valid only when every map is divisible
+# by G and r. It calls the same attention kernel on contiguous q, k, v, as the model does, so
+# results can be compared bit for bit.
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -208,7 +211,7 @@ def brute_force_pool(x: torch.Tensor, ratio: int) -> torch.Tensor:
 
 
 def brute_force_attention(attn: HierarchicalAttention, x: torch.Tensor) -> torch.Tensor:
-    """hatnet.md §2.2 with §2.6's padding rules, window by window, in float64."""
+    """docs/design/hatnet.md §2.2 with §2.6's padding rules, window by window, in float64."""
     attn, x = copy.deepcopy(attn).double(), x.double()
     heads, channels = attn.num_heads, x.shape[1]
     d = channels // heads

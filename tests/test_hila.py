@@ -1,5 +1,5 @@
-"""HILA's inter-level attention against slow references written from the spec (hila.md §1-§3),
-its locality, numerics, schedule and blocks."""
+"""HILA's inter-level attention against slow references written from the spec (docs/design/hila.md
+§1-§3), its locality, numerics, schedule and blocks."""
 import math
 
 import pytest
@@ -38,7 +38,8 @@ def _attention(module, query_dim, key_dim, heads, direction, parity):
 
 
 def _parents_of(r: int, parents: int):
-    """Candidate parent rows of child row r (hila.md §1), with the child's patch offset."""
+    """Candidate parent rows of child row r (docs/design/hila.md §1), with the child's patch
+    offset."""
     return [(i, r - (2 * i - 1)) for i in ((r + 1) // 2 - 1, (r + 1) // 2) if 0 <= i < parents]
 
 
@@ -257,7 +258,7 @@ def test_top_down_under_autocast_stays_close_to_float32():
      list(range(5)))],
 )
 def test_schedule(depth, stride, bottom_up, top_down):
-    """hila.md §4: which upper blocks get Bottom-Up before and Top-Down after them."""
+    """docs/design/hila.md §4: which upper blocks get Bottom-Up before and Top-Down after them."""
     schedule = hila_schedule(depth, stride)
     assert [j for j, (bu, _) in enumerate(schedule) if bu] == bottom_up
     assert [j for j, (_, td) in enumerate(schedule) if td] == top_down
@@ -270,7 +271,7 @@ def test_schedule_rejects_bad_stride():
 
 def test_blocks_follow_their_formulas():
     """Top-Down block: b1 = b + TD(norm2(t), norm1(b)); b2 = w0 b1 + w1 FFN(norm3(b1));
-    Bottom-Up block: the same on the parents with norm4..6 (hila.md §3)."""
+    Bottom-Up block: the same on the parents with norm4..6 (docs/design/hila.md §3)."""
     torch.manual_seed(1)
     args = dict(num_heads=1, mlp_ratio=2, info_weights=(0.3, 0.7), drop_path=0.0, parity_mode=True)
     td, bu = TopDownBlock(8, 12, **args).double(), BottomUpBlock(8, 12, **args).double()

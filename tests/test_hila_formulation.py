@@ -1,5 +1,5 @@
 """The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila``) against
-the first, unfold/gather one (``hila_d2.utils.hila_reference``): the same outputs and gradients in
+the first, unfold/gather one (``hila_d2.testing.hila_reference``): the same outputs and gradients in
 float32, at module and encoder level; the views it is built from; activation checkpointing;
 channels-last depthwise weights; and ``torch.compile`` without graph breaks."""
 import pytest
@@ -19,7 +19,7 @@ from hila_d2.modeling.hila import (
     sub_position_children,
 )
 from hila_d2.modeling.mix_ffn import MixFFN
-from hila_d2.utils.hila_reference import (
+from hila_d2.testing.hila_reference import (
     reference_bottom_up,
     reference_formulation,
     reference_top_down,

@@ -62,7 +62,8 @@ def force_attention(monkeypatch, model, value):
 
 
 def test_three_scale_fusion_matches_a_hand_computed_example():
-    """hmsa.md §4.1 for S = {0.5, 1, 2}: F = U(A.5 P.5) + (1 - U(A.5)) [A1 P1 + (1 - A1) D(P2)].
+    """docs/design/hmsa.md §4.1 for S = {0.5, 1, 2}: F = U(A.5 P.5) + (1 - U(A.5)) [A1 P1 + (1 - A1)
+    D(P2)].
 
     Maps are 1 class, 2 rows (1 at scale 0.5); every row is the same. By hand, with bilinear
     resizing (align_corners False): D of [0, 8, 0, 8, ...] averages pairs -> 4 everywhere;
@@ -89,7 +90,8 @@ def test_three_scale_fusion_matches_a_hand_computed_example():
 
 
 def test_two_scale_fusion_multiplies_before_upsampling():
-    """hmsa.md §3.1: F = R(A_lo P_lo) + (1 - R(A_lo)) P_hi, which differs from R(A_lo) R(P_lo)."""
+    """docs/design/hmsa.md §3.1: F = R(A_lo P_lo) + (1 - R(A_lo)) P_hi, which differs from R(A_lo)
+    R(P_lo)."""
     torch.manual_seed(0)
     p_lo, a_lo = torch.randn(2, 3, 5, 7), torch.rand(2, 1, 5, 7)
     p_hi = torch.randn(2, 3, 10, 14)
@@ -103,7 +105,7 @@ def test_two_scale_fusion_multiplies_before_upsampling():
 
 
 def test_constant_attention_gives_the_stick_breaking_weights():
-    """hmsa.md §4.1 closed form: with constant maps, scale t_i (ascending) weighs
+    """docs/design/hmsa.md §4.1 closed form: with constant maps, scale t_i (ascending) weighs
     a_i * prod_{j<i}(1 - a_j), the highest prod_{j<n}(1 - a_j); the weights sum to 1."""
     torch.manual_seed(0)
     scales = [0.25, 0.5, 1.0, 2.0]
@@ -168,10 +170,10 @@ def test_attention_zero_gives_the_one_scale_prediction(monkeypatch):
 
 
 def test_attention_one_gives_the_lowest_scale_and_zero_the_highest(monkeypatch):
-    """hmsa.md §10.1-2 with scales (0.5, 1, 2): attention 1 everywhere returns the 0.5 logits
-    upsampled to 1.0; attention 0 the 2.0 logits brought down to 1.0. Each scale's logits are the
-    plain model's on the image resized to that scale, which at 0.5 (48 x 80) is padded to 64 x 96
-    and cropped back."""
+    """docs/design/hmsa.md §10.1-2 with scales (0.5, 1, 2): attention 1 everywhere returns the 0.5
+    logits upsampled to 1.0; attention 0 the 2.0 logits brought down to 1.0. Each scale's logits are
+    the plain model's on the image resized to that scale, which at 0.5 (48 x 80) is padded to 64 x
+    96 and cropped back."""
     model = build().eval()
     plain = plain_twin(model).eval()
     (image,) = images((96, 160))
@@ -255,7 +257,7 @@ def test_flip_averages_the_unflipped_logits_of_the_flipped_images():
 
 
 def two_scale_fusion(lo: dict, hi: dict, key: str, size) -> torch.Tensor:
-    """hmsa.md §3.1 by hand: U(a * P_lo) + (1 - U(a)) * P_hi at ``size``."""
+    """docs/design/hmsa.md §3.1 by hand: U(a * P_lo) + (1 - U(a)) * P_hi at ``size``."""
     return resize(lo["attn"] * lo[key], size) + (1 - resize(lo["attn"], size)) * hi[key]
 
 

@@ -1,5 +1,5 @@
-"""HILA inside MiT: schedule and data flow (hila.md §4.1), HILA off = plain MiT, gradients,
-parameter counts of the paper configurations (§7, §9.2), odd input sizes and the
+"""HILA inside MiT: schedule and data flow (docs/design/hila.md §4.1), HILA off = plain MiT,
+gradients, parameter counts of the paper configurations (§7, §9.2), odd input sizes and the
 "no HILA pretraining" initialisation."""
 import pytest
 import torch
@@ -60,7 +60,8 @@ CALL_ORDER_B2_S234 = (
 
 
 def test_call_order_of_the_b2_s234_configuration():
-    """The observed order of the official B2(2,2,6,2)-S234 model (hila.md §4.1), with our
+    """The observed order of the official B2(2,2,6,2)-S234 model (docs/design/hila.md §4.1), with
+    our
     ``bottom_norm`` (the official ``prevnorm``) running right after the upper stage's loop."""
     mit = MixVisionTransformer(
         variant="B2", depths=(2, 2, 6, 2), hila=HILASettings(stages=(2, 3, 4), strides=(1, 1, 3, 1))
@@ -114,8 +115,8 @@ def test_odd_input_sizes(size, parity):
 
 
 def test_parity_and_clean_modes_share_weights_but_not_outputs():
-    """The modes differ only in computation (hila.md §12), so the same weights load into both
-    and give different Bottom-Up results (padding masked, another scale)."""
+    """The modes differ only in computation (docs/design/hila.md §12), so the same weights load into
+    both and give different Bottom-Up results (padding masked, another scale)."""
     torch.manual_seed(0)
     parity = MixVisionTransformer(variant="B0", hila=HILASettings(stages=(3,))).eval()
     clean = MixVisionTransformer(
@@ -128,7 +129,7 @@ def test_parity_and_clean_modes_share_weights_but_not_outputs():
         assert not torch.allclose(parity(x)["res4"], clean(x)["res4"])
 
 
-# Segmentor parameters (millions) of hila.md §9.2 (ADE20K, 150 classes; Cityscapes, 19).
+# Segmentor parameters (millions) of docs/design/hila.md §9.2 (ADE20K, 150 classes; Cityscapes, 19).
 PAPER_PARAMS_M = [
     (ADE + "hila_mit_b0_s3_160k.yaml", 4.197),
     (ADE + "hila_mit_b1_s3_160k.yaml", 15.405),
@@ -139,7 +140,7 @@ PAPER_PARAMS_M = [
     (CITY + "hila_mit_b1_s234_160k.yaml", 21.576),
     (CITY + "hila_mit_b2_s234_320k_nohilapretraining.yaml", 30.836),
 ]
-# Backbone parameters from hila.md §7: base MiT plus the pairs' additions.
+# Backbone parameters from docs/design/hila.md §7: base MiT plus the pairs' additions.
 PAPER_BACKBONE_PARAMS = {
     "hila_mit_b0_s3": 3_319_392 + 425_408,
     "hila_mit_b1_s3": 13_151_424 + 1_669_952,
@@ -163,7 +164,7 @@ def test_parameter_counts_of_the_paper_configurations(config, millions):
 
 
 def test_pair_parameter_breakdown_b0_s3():
-    """hila.md §7: TD 65,184, BU 241,824, lower block 118,272, norm 128."""
+    """docs/design/hila.md §7: TD 65,184, BU 241,824, lower block 118,272, norm 128."""
     mit = MixVisionTransformer(variant="B0", hila=HILASettings(stages=(3,)))
     pair = mit.hila["23"]
     parts = (pair.top_down, pair.bottom_up, pair.bottom_block, pair.bottom_norm)

@@ -17,7 +17,7 @@ from hila_d2.modeling.backbone.swin import (
     SwinTransformerBackbone,
 )
 from hila_d2.solver import build_param_groups
-from hila_d2.utils.references import TimmSwinStages, timm_swin
+from hila_d2.testing.references import TimmSwinStages, timm_swin
 
 NAMES = ("res2", "res3", "res4", "res5")
 # Swin-T: timm's swin_tiny (28,288,354) - classifier (769,000) - final norm (1,536) + norm0..3

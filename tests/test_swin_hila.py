@@ -1,5 +1,5 @@
-"""HILA inside Swin (hila.md §4.2): call order, the stateless lower-level block, outputs,
-gradients, odd sizes, parameter counts of the UperNet configurations, and the
+"""HILA inside Swin (docs/design/hila.md §4.2): call order, the stateless lower-level block,
+outputs, gradients, odd sizes, parameter counts of the UperNet configurations, and the
 "no HILA pretraining" initialisation."""
 import pytest
 import torch
@@ -19,7 +19,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def record_calls(swin: SwinTransformerBackbone) -> list:
-    """Names of the modules in the order they run, as in hila.md §4.2."""
+    """Names of the modules in the order they run, as in docs/design/hila.md §4.2."""
     calls, names = [], {}
     for s, stage in enumerate(swin.layers):
         for b, block in enumerate(stage.blocks):
@@ -59,7 +59,7 @@ def test_clean_mode_normalises_the_lower_tokens_once():
 def test_lower_block_alternates_its_shift_and_keeps_no_state(monkeypatch):
     """Uses 0, 1, ... of the lower-level block run with shift 0, 3, 0, ... in every forward pass,
     so the same image twice gives the same output (the official block toggles a persistent
-    shift, hila.md §11 P8)."""
+    shift, docs/design/hila.md §11 P8)."""
     torch.manual_seed(0)
     swin = SwinTransformerBackbone(variant="T", hila=S234).eval()
     shifts = []  # explicit shifts: only the lower-level blocks pass one
@@ -118,14 +118,14 @@ def test_odd_input_sizes():
 
 
 def test_hila_drop_path_is_the_upper_stages_first_block_rate():
-    """hila.md §3: 0.0545 / 0.1091 / 0.2727 for pairs 12 / 23 / 34 at rate 0.3."""
+    """docs/design/hila.md §3: 0.0545 / 0.1091 / 0.2727 for pairs 12 / 23 / 34 at rate 0.3."""
     swin = SwinTransformerBackbone(variant="T", hila=S234)
     rates = [swin.hila[tag].top_down.drop_path.drop_prob for tag in ("12", "23", "34")]
     assert rates == pytest.approx([0.3 * 2 / 11, 0.3 * 4 / 11, 0.3 * 10 / 11])
 
 
-# hila.md §7 (pairs, exact) and §9.2 (segmentors, millions). The official backbone also has
-# norm0..norm2 (1,344 parameters), which HILA-Swin computes but never uses; hila_d2 does not
+# docs/design/hila.md §7 (pairs, exact) and §9.2 (segmentors, millions). The official backbone also
+# has norm0..norm2 (1,344 parameters), which HILA-Swin computes but never uses; hila_d2 does not
 # build them.
 UNUSED_OFFICIAL_NORMS = 2 * (96 + 192 + 384)
 

@@ -1,4 +1,4 @@
-"""HILA assignment maps (design/hila.md §10): the capture of the last Top-Down iteration, the
+"""HILA assignment maps (docs/design/hila.md §10): the capture of the last Top-Down iteration, the
 chains down and up the hierarchy against loop references, the rendering and the CLI
 tools/visualize_hila.py."""
 import math

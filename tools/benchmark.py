@@ -54,7 +54,7 @@ from hila_d2.utils.profiling import (  # noqa: E402
     median_step_ms,
     peak_step_memory,
 )
-from hila_d2.utils.references import (  # noqa: E402
+from hila_d2.testing.references import (  # noqa: E402
     TimmSwinStages,
     hf_segformer_config,
     timm_swin,

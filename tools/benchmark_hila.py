@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Params, fvcore GFLOPs and CPU latency of the MiT and Swin encoders and segmentors with and
 without HILA, and of HAT-Net T/S with Semantic FPN, printed as Markdown tables beside the
-numbers of design/hila.md §7 and §9.2 and design/hatnet.md §4.
+numbers of docs/design/hila.md §7 and §9.2 and docs/design/hatnet.md §4.
 
 fvcore's FlopCountAnalysis counts one multiply-add as one FLOP, but it is not the official
-counting method (mmcv hooks plus analytic attention terms, hila.md §9.2 and §11 P14), so its
-numbers and the spec's stay in separate, labelled columns.
+counting method (mmcv hooks plus analytic attention terms, docs/design/hila.md §9.2 and §11 P14), so
+its numbers and the spec's stay in separate, labelled columns.
 """
 
 import argparse
@@ -38,16 +38,16 @@ DATASETS = {  # name -> (title, classes, default input size)
     "city": ("Cityscapes", 19, (1024, 2048)),
 }
 SEGFORMER_CONV_SEG_WIDTH = 128  # mmseg's unused decode_head.conv_seg is Conv2d(128, K)
-OFFICIAL = "hila.md §9.2 (official method)"
+OFFICIAL = "docs/design/hila.md §9.2 (official method)"
 SWIN_HILA_NORMS_NOTE = (
-    "Our Swin + HILA encoders have no norm0-2, whose outputs HILA replaces (hila.md §8); the "
+    "Our Swin + HILA encoders have no norm0-2, whose outputs HILA replaces (docs/design/hila.md §8); the "
     "official counts keep them: ours = spec − 1,344 params (2·(96 + 192 + 384))."
 )
 
 
 @dataclass(frozen=True)
 class Model:
-    """One benchmarked configuration and its spec numbers (hila.md §7 and §9.2)."""
+    """One benchmarked configuration and its spec numbers (docs/design/hila.md §7 and §9.2)."""
 
     key: str
     label: str
@@ -81,8 +81,8 @@ def _swin(key, label, config, encoder_params, params, gflops) -> Model:
 
 
 def _hatnet(variant, encoder_params, encoder_gflops) -> Model:
-    """A HAT-Net Semantic FPN model on ADE20K: hatnet.md §4's backbone params and fvcore total
-    at 224x224 (no official segmentor numbers exist)."""
+    """A HAT-Net Semantic FPN model on ADE20K: docs/design/hatnet.md §4's backbone params and fvcore
+    total at 224x224 (no official segmentor numbers exist)."""
     key = f"semantic_fpn_hatnet_{variant}"
     return Model(
         key, f"HAT-Net-{variant.upper()} + Semantic FPN", "hatnet", None,
@@ -123,9 +123,9 @@ GROUP_TITLES = {
 }  # fmt: skip
 # group -> (source of the spec's encoder params, of its encoder GFLOPs, of its segmentor numbers)
 GROUP_SOURCES = {
-    "mit": ("hila.md §7", OFFICIAL, OFFICIAL),
-    "swin": ("hila.md §7", OFFICIAL, OFFICIAL),
-    "hatnet": ("hatnet.md §4", "hatnet.md §4 fvcore", "none published"),
+    "mit": ("docs/design/hila.md §7", OFFICIAL, OFFICIAL),
+    "swin": ("docs/design/hila.md §7", OFFICIAL, OFFICIAL),
+    "hatnet": ("docs/design/hatnet.md §4", "docs/design/hatnet.md §4 fvcore", "none published"),
 }
 
 
@@ -268,14 +268,14 @@ def common_notes(args) -> List[str]:
 def encoder_notes(group: str) -> List[str]:
     if group == "hatnet":
         return [
-            "Encoder = backbone alone. Params spec: hatnet.md §4 backbone without classifier. "
-            "GFLOPs spec: hatnet.md §4's fvcore total (conv + attention matmuls + GroupNorm) of "
+            "Encoder = backbone alone. Params spec: docs/design/hatnet.md §4 backbone without classifier. "
+            "GFLOPs spec: docs/design/hatnet.md §4's fvcore total (conv + attention matmuls + GroupNorm) of "
             "the classification model at 224×224, shown at `--size 224 224` only (its "
             "classifier adds 0.0004 G). HAT-Net's README FLOPs (2.0 / 4.3 G) leave out the "
             "attention matmuls (§4).",
         ]
     notes = [
-        "Encoder = backbone alone. Params spec: hila.md §7 backbone totals (parameters, buffers "
+        "Encoder = backbone alone. Params spec: docs/design/hila.md §7 backbone totals (parameters, buffers "
         "excluded); §9.2 gives no encoder-only FLOPs."
     ]
     if group == "swin":
@@ -292,7 +292,7 @@ def segmentor_notes(group: str, dataset: str) -> List[str]:
         return [
             "Segmentor = HAT-Net FPN backbone (p2..p6, 256 channels) + detectron2's "
             "SemSegFPNHead, one whole image (logits upsampled to the input size). HAT-Net "
-            "released no dense-prediction code or numbers (hatnet.md §6, §8), so there is no "
+            "released no dense-prediction code or numbers (docs/design/hatnet.md §6, §8), so there is no "
             "spec column to compare with.",
         ]
     notes = [

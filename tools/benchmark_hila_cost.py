@@ -2,7 +2,7 @@
 """What HILA costs on top of its plain encoder: fvcore FLOPs, inference latency, training-step
 time and peak memory, as ratios HILA / plain beside the FLOP ratio and the targets, for the
 current formulation of the inter-level attention, the reference (first) formulation
-(``hila_d2.utils.hila_reference``), opt-in activation checkpointing (``MODEL.HILA.CHECKPOINT``)
+(``hila_d2.testing.hila_reference``), opt-in activation checkpointing (``MODEL.HILA.CHECKPOINT``)
 and, with ``--compile``, ``torch.compile``; one Markdown table, then notes.
 
     python tools/benchmark_hila_cost.py                         # the five cases, 512x512, 2 threads
@@ -32,7 +32,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import hila_d2
-from hila_d2.utils.hila_reference import reference_formulation
+from hila_d2.testing.hila_reference import reference_formulation
 from hila_d2.utils.profiling import (
     BackboneOutputs,
     device_name,

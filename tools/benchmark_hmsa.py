@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Peak memory and time of one training step: hierarchical multi-scale attention trained on two
 scales (0.5, 1.0) versus explicit scale attention trained on every inference scale (0.5, 1.0,
-2.0), same model, crop and batch, printed as a Markdown table with their ratio (hmsa.md §4.4).
+2.0), same model, crop and batch, printed as a Markdown table with their ratio (docs/design/hmsa.md
+§4.4).
 
     python tools/benchmark_hmsa.py                                  # MiT-B0, 256x256, batch 2
     python tools/benchmark_hmsa.py --config-file configs/cityscapes/semantic-segmentation/hmsa/\
 hmsa_segformer_mit_b1_bs8_160k.yaml --crop 1024 1024 --batch 1 --device cuda
 
-The explicit baseline (Chen et al., "Attention to Scale", 2016; hmsa.md §2.4) lives here only:
-every scale's penultimate head features, resized to the 1.0 feature grid and concatenated, go
+The explicit baseline (Chen et al., "Attention to Scale", 2016; docs/design/hmsa.md §2.4) lives here
+only: every scale's penultimate head features, resized to the 1.0 feature grid and concatenated, go
 through a 3x3 conv (512) -> ReLU -> 1x1 conv to one weight per scale, softmax over the scales,
 which blends the scales' logits at 1.0. Both variants share the HMSA model's backbone and head.
 
@@ -246,7 +247,7 @@ def report(args, model, explicit: ExplicitScaleAttention, results) -> List[str]:
         table(rows),
         "",
         "The paper claims roughly 4x less training memory than explicit attention, from the "
-        "pixels processed, Σ s² = 5.25 vs 1.25 (hmsa.md §4.4); the weights' gradients and other "
+        "pixels processed, Σ s² = 5.25 vs 1.25 (docs/design/hmsa.md §4.4); the weights' gradients and other "
         "fixed costs do not grow with the pixels, so small crops measure a lower ratio.",
     ]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Visualise HILA's hierarchical Top-Down assignment (design/hila.md §10): what one top-level
+"""Visualise HILA's hierarchical Top-Down assignment (docs/design/hila.md §10): what one top-level
 token owns on every lower stage, blended over the image:
 
     python tools/visualize_hila.py --config-file CONFIG --input IMAGE --output DIR \\

@@ -1,5 +1,5 @@
 """Official HAT-Net v2.0 ImageNet checkpoints (``HAT-Net_{Tiny,Small,Medium,Large}.pth``) ->
-hila_d2 ``HATNet`` names (hatnet.md §5)."""
+hila_d2 ``HATNet`` names (docs/design/hatnet.md §5)."""
 import re
 from typing import Any, Dict, Mapping, Tuple
 

@@ -1,4 +1,4 @@
-"""HILA Top-Down assignment maps (design/hila.md §10): what a high-level token "owns", traced
+"""HILA Top-Down assignment maps (docs/design/hila.md §10): what a high-level token "owns", traced
 down the hierarchy, and which high-level token owns a pixel.
 
 In a pair's Top-Down attention every child's softmax runs over its (up to 4) candidate parents,

@@ -1,5 +1,5 @@
 """HAT-Net (Liu et al., "Vision Transformers with Hierarchical Attention") T/S/M/L as a detectron2
-backbone, written from design/hatnet.md.
+backbone, written from docs/design/hatnet.md.
 
 Every tensor is NCHW, every projection a 1x1 convolution and every norm ``GroupNorm(1, C)``. A
 block is ``x + DropPath(H-MHSA(x))`` then ``x + DropPath(InvertedResidual(x))``. H-MHSA attends
@@ -78,7 +78,8 @@ def _merge_heads(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class HierarchicalAttention(nn.Module):
-    """H-MHSA (hatnet.md §2): ``(B, C, H, W) -> (B, C, H, W)``, the attention branch of a block.
+    """H-MHSA (docs/design/hatnet.md §2): ``(B, C, H, W) -> (B, C, H, W)``, the attention branch of
+    a block.
 
     ``grid_size`` G > 1: self-attention inside G x G windows of ``qkv(norm(x))``, ``L =
     grid_norm(x + local)``, then every token of ``q(L)`` attends to ``kv(ds_norm(avgpool_r(L)))``;
@@ -195,8 +196,8 @@ class HierarchicalAttention(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """HAT-Net's FFN (hatnet.md §3), ``(B, C, H, W) -> (B, C, H, W)``: GN, 1x1 conv to E*C, SiLU,
-    k x k depthwise conv, SiLU, 1x1 conv back to C, GN (convolutions without bias)."""
+    """HAT-Net's FFN (docs/design/hatnet.md §3), ``(B, C, H, W) -> (B, C, H, W)``: GN, 1x1 conv to
+    E*C, SiLU, k x k depthwise conv, SiLU, 1x1 conv back to C, GN (convolutions without bias)."""
 
     def __init__(self, dim: int, expansion: int, kernel_size: int, drop: float = 0.0):
         super().__init__()
@@ -266,7 +267,8 @@ class Downsample(nn.Module):
 
 
 def init_hatnet_weights(module: nn.Module) -> None:
-    """Training from scratch (hatnet.md §3): conv/linear weights trunc-normal(0.02), biases 0, GN
+    """Training from scratch (docs/design/hatnet.md §3): conv/linear weights trunc-normal(0.02),
+    biases 0, GN
     (1, 0)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         trunc_normal_(module.weight, std=0.02)

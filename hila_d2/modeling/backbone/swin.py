@@ -9,16 +9,17 @@ stage. Parameter names are timm's (``patch_embed``, ``layers.{i}.downsample`` fo
 ImageNet files onto them.
 
 With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``
-(tag "12", "23", "34"), following the official HILA-Swin (hila.md §4.2): the pair's lower tokens
-are the lower stage's raw block output (before any norm), the upper stage's patch merging reads
-them before the pair updates them, the extra lower-level block is a Swin block of the lower stage
-used alternately without and with the shift (shift 0 on its even uses, counted from 0 in every
-forward pass: the official block toggles a persistent shift instead), every HILA part has the
+(tag "12", "23", "34"), following the official HILA-Swin (docs/design/hila.md §4.2): the pair's
+lower tokens are the lower stage's raw block output (before any norm), the upper stage's patch
+merging reads them before the pair updates them, the extra lower-level block is a Swin block of the
+lower stage used alternately without and with the shift (shift 0 on its even uses, counted from 0 in
+every forward pass: the official block toggles a persistent shift instead), every HILA part has the
 drop-path rate of the upper stage's first block, and the pair's ``bottom_norm``-ed lower tokens
 are the lower stage's output, which therefore has no ``norm{i}``. In parity mode ``bottom_norm``
 runs after every upper block not followed by Top-Down, as the official code; in clean mode once.
 Unlike the official code, a stage whose upper neighbour has no pair keeps its ``norm{i}`` output
-(the official code returns it un-normalised when another stage has HILA, hila.md §11 P10).
+(the official code returns it un-normalised when another stage has HILA, docs/design/hila.md §11
+P10).
 """
 
 from functools import partial

@@ -1,5 +1,5 @@
-"""What HMSA needs from a semantic head (hmsa.md §9.1): logits and the penultimate features that
-the head's classifier reads, without losses or upsampling.
+"""What HMSA needs from a semantic head (docs/design/hmsa.md §9.1): logits and the penultimate
+features that the head's classifier reads, without losses or upsampling.
 
 hila_d2's heads provide it as ``forward_features(features)``; detectron2's ``SemSegFPNHead`` gets
 an adapter here. Any other head with detectron2's ``layers(features) -> logits`` gives logits

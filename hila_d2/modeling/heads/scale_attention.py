@@ -1,5 +1,6 @@
-"""The scale-attention head of hierarchical multi-scale attention (Tao et al., 2020; hmsa.md §2.1):
-a per-pixel weight in (0, 1) for the logits of one image scale against the next higher one."""
+"""The scale-attention head of hierarchical multi-scale attention (Tao et al., 2020;
+docs/design/hmsa.md §2.1): a per-pixel weight in (0, 1) for the logits of one image scale against
+the next higher one."""
 
 import torch
 import torch.nn.functional as F

@@ -90,7 +90,7 @@ class SegFormerHead(nn.Module):
     def forward_features(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Features by name (B, C_i, H_i, W_i) -> ``{"logits": (B, K, H_0, W_0), "attn_feats":
         (B, EMBED_DIM, H_0, W_0)}`` at the finest level; ``attn_feats`` is the classifier's input
-        (HMSA's scale attention reads it, hmsa.md §2.3)."""
+        (HMSA's scale attention reads it, docs/design/hmsa.md §2.3)."""
         finest = features[self.in_features[0]].shape[-2:]
         embedded = []
         for name, embed in zip(self.in_features, self.embeds):

@@ -192,7 +192,7 @@ class UPerNetHead(nn.Module):
         """Features by name (B, C_i, H_i, W_i) -> ``{"logits": (B, K, H_0, W_0), "attn_feats":
         (B, CH, H_0, W_0)}`` at the finest level, plus ``"aux_logits"`` (B, K, H_a, W_a) of the
         auxiliary head in training when it exists; ``attn_feats`` is the classifier's input (HMSA's
-        scale attention reads it, hmsa.md §2.3)."""
+        scale attention reads it, docs/design/hmsa.md §2.3)."""
         x = self._classifier_input(features)
         outputs = {"logits": self.predictor(x), "attn_feats": x}
         if self.training and self.aux_head is not None:

@@ -1,4 +1,4 @@
-"""Hierarchical multi-scale attention (Tao, Sapra, Catanzaro, 2020; hmsa.md): a semantic
+"""Hierarchical multi-scale attention (Tao, Sapra, Catanzaro, 2020; docs/design/hmsa.md): a semantic
 segmentor that runs one network at several image scales and fuses their logits with a learned
 per-pixel attention between adjacent scales. It trains on two scales and chains any number at
 inference."""
@@ -51,7 +51,8 @@ def check_scales(key: str, scales: Sequence[float], count: int = 0) -> Tuple[flo
 
 
 def _fuse_pair(acc: torch.Tensor, logits: torch.Tensor, attn: torch.Tensor, scale: float):
-    """One step of hmsa.md §4.1: ``acc`` (B, K, H', W') fused from the higher scales, ``logits``
+    """One step of docs/design/hmsa.md §4.1: ``acc`` (B, K, H', W') fused from the higher scales,
+    ``logits``
     (B, K, h, w) and ``attn`` (B, 1, h, w) of the next lower ``scale``. At or above 1.0 the
     accumulator comes down to this scale; below it, this scale's weighted logits (multiplied
     first, then resized) and its attention go up to the accumulator's size."""
@@ -64,7 +65,8 @@ def _fuse_pair(acc: torch.Tensor, logits: torch.Tensor, attn: torch.Tensor, scal
 def fuse_hierarchically(
     scale_outputs: Iterable[Tuple[float, Dict[str, torch.Tensor]]],
 ) -> Dict[str, torch.Tensor]:
-    """Hierarchical fusion of per-scale outputs, given from the highest scale down (hmsa.md §4.1).
+    """Hierarchical fusion of per-scale outputs, given from the highest scale down
+    (docs/design/hmsa.md §4.1).
 
     Each item is ``(scale, {"logits": (B, K, h_s, w_s), ["aux_logits": ...], "attn": (B, 1,
     h_s, w_s)})``, attention in (0, 1); the highest scale's attention is never used and may be
@@ -89,7 +91,7 @@ def fuse_hierarchically(
 class HierarchicalMultiScaleSegmentor(SemanticSegmentor):
     """detectron2's ``SemanticSegmentor`` (backbone + semantic head) run at several image scales,
     with a :class:`ScaleAttentionHead` (``scale_attn``) whose per-pixel attention fuses the
-    logits of adjacent scales, lowest scale first (hmsa.md §3-§4).
+    logits of adjacent scales, lowest scale first (docs/design/hmsa.md §3-§4).
 
     Training (``MODEL.HMSA.TRAIN_SCALES``, two scales) returns ``loss_sem_seg`` of the fused
     logits, ``loss_sem_seg_aux`` of the fused auxiliary logits when the head has an auxiliary
@@ -270,8 +272,9 @@ class HierarchicalMultiScaleSegmentor(SemanticSegmentor):
         )
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Padded batch (B, 3, H, W) and labels (B, H, W) -> the training losses (hmsa.md §3):
-        the lower scale runs first, then 1.0's (or the higher one's), then they are fused."""
+        """Padded batch (B, 3, H, W) and labels (B, H, W) -> the training losses
+        (docs/design/hmsa.md §3): the lower scale runs first, then 1.0's (or the higher one's), then
+        they are fused."""
         low, high = sorted(self.train_scales)
         outputs = {s: self.run_scale(images, s, with_attention=s == low) for s in (low, high)}
         fused = fuse_hierarchically((s, outputs[s]) for s in (high, low))

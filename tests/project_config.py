@@ -23,7 +23,7 @@ def load_config(config_file: str, *opts) -> CfgNode:
 
 
 def load_script(path: str):
-    """The script at ``path`` (relative to the repository, e.g. "tools/benchmark_hila.py")
+    """The script at ``path`` (relative to the repository, e.g. "tools/benchmark.py")
     imported as a module: scripts are not part of the package, and ``import tools`` would find
     detectron2's own ``tools`` package."""
     spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)

@@ -28,13 +28,14 @@ from detectron2.modeling import build_model
 from project_config import load_config, load_train_net
 
 import hila_d2
-from hila_d2.modeling import hila as hila_module
+from hila_d2.modeling import hila_attention
 from hila_d2.modeling.backbone.hatnet import HATNet, HierarchicalAttention
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SWIN_VARIANTS, SwinTransformerBackbone
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
 from hila_d2.modeling.heads.upernet_head import UPerNetHead
-from hila_d2.modeling.hila import BottomUpAttention, HILASettings, TopDownAttention
+from hila_d2.modeling.hila import HILASettings
+from hila_d2.modeling.hila_attention import BottomUpAttention, TopDownAttention
 from hila_d2.modeling.meta_arch import hmsa as hmsa_module
 from hila_d2.solver import build_optimizer
 
@@ -192,14 +193,14 @@ def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
     model, x = build_encoder(name)
     model.train()
     calls = []
-    original = hila_module.attention_weights
+    original = hila_attention.attention_weights
 
     def recording(q, keys, scale, bias):
         weights = original(q, keys, scale, bias)
         calls.append((q, keys, scale, bias, weights))
         return weights
 
-    monkeypatch.setattr(hila_module, "attention_weights", recording)
+    monkeypatch.setattr(hila_attention, "attention_weights", recording)
     modules = [m for m in model.modules() if isinstance(m, (BottomUpAttention, TopDownAttention))]
     assert modules
     ran = []

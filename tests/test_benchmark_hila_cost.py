@@ -1,4 +1,4 @@
-"""tools/benchmark_hila_cost.py on a small setting: MiT-B1 + S3 (and plain B2) at 64x64."""
+"""tools/benchmark.py hila-cost on a small setting: MiT-B1 + S3 (and plain B2) at 64x64."""
 import pytest
 
 from project_config import load_script
@@ -19,10 +19,10 @@ def table(output: str) -> dict:
 
 @pytest.mark.slow
 def test_mit_b1_s3_table(capsys):
-    benchmark = load_script("tools/benchmark_hila_cost.py")
+    benchmark = load_script("tools/benchmark.py")
     benchmark.main(
-        ["--cases", "mit-b1-s3", "--size", "64", "64", "--repeats", "1", "--warmup", "0",
-         "--threads", "1", "--profile", "3"]
+        ["hila-cost", "--device", "cpu", "--cases", "mit-b1-s3", "--size", "64", "64",
+         "--repeats", "1", "--warmup", "0", "--threads", "1", "--profile", "3"]
     )  # fmt: skip
     output = capsys.readouterr().out
     rows = table(output)

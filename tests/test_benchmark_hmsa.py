@@ -1,13 +1,14 @@
-"""tools/benchmark_hmsa.py on a tiny setting: both variants measured, the explicit baseline built
-as docs/design/hmsa.md §2.4 describes, 3-scale explicit training costing more memory than 2-scale
-hierarchical training, and ratios consistent with the table's own numbers."""
+"""tools/benchmark.py hmsa-memory on a tiny setting: both variants measured, the explicit
+baseline built as docs/design/hmsa.md §2.4 describes, 3-scale explicit training costing more
+memory than 2-scale hierarchical training, ratios consistent with the table's own numbers, and
+the refused inputs."""
 
 import pytest
 from project_config import load_script
 
 
 def load_benchmark():
-    return load_script("tools/benchmark_hmsa.py")
+    return load_script("tools/benchmark.py")
 
 
 def table_rows(output: str) -> dict:
@@ -22,7 +23,10 @@ def table_rows(output: str) -> dict:
 
 def test_tiny_setting_table(capsys):
     benchmark = load_benchmark()
-    benchmark.main(["--crop", "64", "64", "--batch", "1", "--iterations", "1", "--threads", "1"])
+    benchmark.main(
+        ["hmsa-memory", "--size", "64", "64", "--batch", "1", "--repeats", "1", "--threads", "1",
+         "--device", "cpu"]
+    )  # fmt: skip
     output = capsys.readouterr().out
     assert "batch 1, crop 64×64" in output and "device: cpu" in output
     rows = table_rows(output)
@@ -45,5 +49,14 @@ def test_tiny_setting_table(capsys):
 def test_crop_that_a_scale_cannot_divide_is_refused():
     benchmark = load_benchmark()
     # 0.5 x 96 = 48 is not a multiple of the backbone's size divisibility 32
-    with pytest.raises(ValueError, match=r"--crop 96 96: every scale"):
-        benchmark.main(["--crop", "96", "96", "--iterations", "1", "--threads", "1"])
+    with pytest.raises(ValueError, match=r"--size 96 96: every scale"):
+        benchmark.main(["hmsa-memory", "--size", "96", "96", "--repeats", "1", "--threads", "1",
+                        "--device", "cpu"])  # fmt: skip
+
+
+def test_a_config_without_hmsa_is_refused():
+    with pytest.raises(ValueError, match=r"builds SemanticSegmentor; pass an HMSA config"):
+        load_benchmark().main(
+            ["hmsa-memory", "--config-file", "configs/builtin/semantic-segmentation/"
+             "segformer_mit_b0.yaml", "--repeats", "1", "--device", "cpu"]
+        )  # fmt: skip

@@ -18,7 +18,23 @@ from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 from detectron2.projects.point_rend import add_pointrend_config
 
 import hila_d2
-from hila_d2.config import MOVED_KEYS, SHARED_KEYS, hila_defaults
+from hila_d2.config import (
+    CONFIG_PARTS,
+    MOVED_KEYS,
+    SHARED_KEYS,
+    add_boundary_fscore_config,
+    add_decode_head_config,
+    add_hatnet_config,
+    add_hila_attention_config,
+    add_hmsa_config,
+    add_input_config,
+    add_mit_config,
+    add_sliding_window_config,
+    add_solver_config,
+    add_swin_config,
+    add_weights_config,
+    hila_defaults,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -268,3 +284,87 @@ def test_a_key_another_project_made_a_value_is_a_clear_error():
     cfg.MODEL.HILA = "something else"
     with pytest.raises(ValueError, match=r"MODEL\.HILA is already a value"):
         hila_d2.add_hila_config(cfg)
+
+
+# Each part of hila_d2's config and the keys it owns: prefixes of the dotted keys (a whole group
+# where the prefix ends in ".").
+PART_KEYS = {
+    add_mit_config: ("MODEL.MIT.",),
+    add_swin_config: ("MODEL.HILA_D2_SWIN.",),
+    add_hatnet_config: ("MODEL.HATNET.",),
+    add_hila_attention_config: ("MODEL.HILA.",),
+    add_decode_head_config: (
+        "MODEL.SEM_SEG_HEAD.EMBED_DIM", "MODEL.SEM_SEG_HEAD.DROPOUT",
+        "MODEL.SEM_SEG_HEAD.UPERNET.", "MODEL.SEM_SEG_HEAD.AUX.",
+    ),
+    add_sliding_window_config: ("TEST.SLIDING_WINDOW.",),
+    add_hmsa_config: ("MODEL.HMSA.",),
+    add_boundary_fscore_config: ("TEST.BOUNDARY_FSCORE.",),
+    add_input_config: (
+        "INPUT.DATASET_MAPPER_NAME", "INPUT.DETR_CROP.", "INPUT.RESIZE_BASE_SIZE",
+        "INPUT.RESIZE_RATIO_RANGE", "INPUT.PHOTOMETRIC_DISTORTION",
+        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA",
+    ),
+    add_weights_config: ("MODEL.WEIGHTS_OPTIONAL_KEYS",),
+    add_solver_config: (
+        "SOLVER.OPTIMIZER", "SOLVER.BETAS", "SOLVER.HEAD_LR_MULTIPLIER", "SOLVER.POLY_LR_POWER",
+    ),
+}  # fmt: skip
+PARTS = list(PART_KEYS)
+
+
+def added_keys(add: Callable[[CN], CN]) -> Dict[str, object]:
+    """The keys that ``add`` adds to detectron2's defaults, with their values."""
+    base = flatten(get_cfg())
+    return {k: v for k, v in flatten(alone(add)).items() if k not in base}
+
+
+def _owned(key: str, prefixes) -> bool:
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in prefixes)
+
+
+@pytest.mark.parametrize("add", PARTS, ids=[add.__name__ for add in PARTS])
+def test_each_part_alone_adds_exactly_its_keys(add):
+    base = flatten(get_cfg())
+    cfg = flatten(alone(add))
+    assert {k: cfg[k] for k in base} == base  # detectron2's keys keep their values
+    added = added_keys(add)
+    assert added and all(_owned(key, PART_KEYS[add]) for key in added), sorted(added)
+    # each listed key or group is there: the part adds all of its keys
+    assert all(any(_owned(key, [p]) for key in added) for p in PART_KEYS[add])
+
+
+def test_the_parts_are_add_hila_config():
+    assert set(CONFIG_PARTS) == set(PARTS) and len(CONFIG_PARTS) == len(PARTS)
+    mit_only = alone(add_mit_config)
+    assert "MIT" in mit_only.MODEL and "HILA" not in mit_only.MODEL
+    whole = flatten(alone(hila_d2.add_hila_config))
+    for parts in (CONFIG_PARTS, CONFIG_PARTS[::-1]):
+        cfg = get_cfg()
+        for add in parts:
+            add(cfg)
+        assert flatten(cfg) == whole
+    # the parts' keys are disjoint and together all of hila_d2's
+    owned = [set(added_keys(add)) for add in PARTS]
+    assert sum(map(len, owned)) == len(set().union(*owned))
+    assert set().union(*owned) == set(whole) - set(flatten(get_cfg()))
+
+
+@pytest.mark.parametrize("add", PARTS, ids=[add.__name__ for add in PARTS])
+def test_a_part_changes_no_value_already_there(add):
+    for project, add_theirs in OTHER_PROJECTS.items():
+        cfg = alone(add_theirs)
+        before = flatten(cfg)
+        add(cfg)
+        after = flatten(cfg)
+        assert {k: after[k] for k in before} == before, project
+        assert flatten(add(cfg)) == after, project  # a second call is a no-op
+
+
+def test_a_part_alone_raises_the_errors_of_add_hila_config():
+    with pytest.raises(KeyError, match=r"MODEL\.SWIN\.VARIANT .*MODEL\.HILA_D2_SWIN\.VARIANT"):
+        alone(add_swin_config).merge_from_list(["MODEL.SWIN.VARIANT", "S"])
+    cfg = get_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.AUX = 0.4
+    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.AUX is already a value \(0\.4\)"):
+        add_decode_head_config(cfg)

@@ -100,6 +100,7 @@ def _shipped_configs():
             yield str(path.relative_to(REPO))
 
 
+@pytest.mark.slow
 def test_every_shipped_config_validates():
     configs = list(_shipped_configs())
     assert len(configs) > 50

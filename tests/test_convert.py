@@ -1,6 +1,7 @@
 """hila_d2.checkpoint.convert and tools/convert_pretrained.py on random checkpoints in the
 official SegFormer layouts (no downloads): the MiT ImageNet file and the trained mmseg file."""
 
+import dataclasses
 import pickle
 import re
 import subprocess
@@ -14,6 +15,7 @@ from detectron2.modeling import build_model
 from project_config import REPO, load_config, load_script
 
 from hila_d2.checkpoint.convert import (
+    FORMATS,
     SUPPORTED_FORMATS,
     check_keys,
     convert_checkpoint,
@@ -101,7 +103,7 @@ def test_convert_segformer(variant, layout):
     model = build_segformer(variant)
     checkpoint, names = random_official(model, layout)
     state = checkpoint if layout == "imagenet" else checkpoint["state_dict"]
-    assert detect_format(checkpoint) == f"segformer_{layout}"
+    assert detect_format(checkpoint).name == f"segformer_{layout}"
 
     result = convert_checkpoint(checkpoint)
     assert (result.source_format, result.variant) == (f"segformer_{layout}", variant)
@@ -164,6 +166,18 @@ def test_unknown_layout_raises():
         detect_format({"model": {}})
 
 
+def test_formats_are_one_immutable_table():
+    assert SUPPORTED_FORMATS == tuple(source.name for source in FORMATS)
+    assert len(set(SUPPORTED_FORMATS)) == len(FORMATS) == 11
+    with pytest.raises(TypeError):
+        FORMATS[0] = FORMATS[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FORMATS[0].dropped = ".*"
+    with pytest.raises(TypeError):
+        FORMATS[0].markers[0] = "*"
+    assert detect_format(_b0_imagenet()) is FORMATS[SUPPORTED_FORMATS.index("segformer_imagenet")]
+
+
 def test_unmapped_or_malformed_keys_raise():
     state = _b0_imagenet()
     with pytest.raises(ValueError, match=r"'block1\.0\.attn\.extra\.weight' -> "):
@@ -208,6 +222,7 @@ def _assert_loads(model: torch.nn.Module, path: Path, expected: dict) -> None:
         assert torch.equal(loaded[name], value), name
 
 
+@pytest.mark.slow
 def test_cli_subprocess_round_trip(tmp_path):
     """The script as users run it, from another directory: trained B0 -> .pkl -> MODEL.WEIGHTS."""
     model, src, expected = _save_random_b0(tmp_path, "trained")

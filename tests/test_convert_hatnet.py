@@ -36,7 +36,7 @@ def random_official(variant: str, device: str = "cpu", seed: int = 0) -> dict:
 def test_round_trip_loads_strictly_with_the_same_values(variant, wrap):
     official = random_official(variant)
     checkpoint = wrap(official)
-    assert detect_format(checkpoint) == "hatnet_imagenet"
+    assert detect_format(checkpoint).name == "hatnet_imagenet"
     result = convert_checkpoint(checkpoint)
     assert result.source_format == "hatnet_imagenet" and result.variant == variant
     assert result.config == {"MODEL.HATNET.VARIANT": variant}

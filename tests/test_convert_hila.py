@@ -268,14 +268,14 @@ def mit_official() -> dict:
 
 def test_formats_are_detected_before_the_plain_ones(swin_official, mit_official):
     assert SUPPORTED_FORMATS.index("hila_swin_trained") < SUPPORTED_FORMATS.index("swin_imagenet")
-    assert detect_format({"meta": {}, "state_dict": swin_official}) == "hila_swin_trained"
-    assert detect_format({"state_dict": mit_official}) == "hila_segformer_trained"
+    assert detect_format({"meta": {}, "state_dict": swin_official}).name == "hila_swin_trained"
+    assert detect_format({"state_dict": mit_official}).name == "hila_segformer_trained"
     plain = {
         k: v
         for k, v in mit_official.items()
         if not k.startswith(("backbone.topdown.", "backbone.bottomup."))
     }
-    assert detect_format(plain) == "segformer_trained"
+    assert detect_format(plain).name == "segformer_trained"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import json
 import logging
 import pickle
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from project_config import REPO, load_config, load_script, load_train_net
 from safetensors.torch import save_file
 from torch import nn
 
-from hila_d2.checkpoint.convert import convert_checkpoint, detect_format
+from hila_d2.checkpoint import convert as convert_module
+from hila_d2.checkpoint.convert import convert_checkpoint, convert_swin, detect_format
 from hila_d2.checkpoint.files import CLASS_NAMES, convert_file, read_checkpoint
 from hila_d2.checkpoint.loading import CheckpointError, ValidatingCheckpointer
 from hila_d2.data.metadata import set_class_names
@@ -176,7 +178,7 @@ def test_hf_unplaceable_or_incomplete_keys_raise(tmp_path):
         r"'backbone\.stages\.0\.blocks\.0\.mlp\.fc1\.weight' of shape \(3, 3\)",
     ):
         convert_checkpoint(wrong)
-    assert detect_format(state) == "hf_segformer_v5"
+    assert detect_format(state).name == "hf_segformer_v5"
 
 
 # ------------------------------------------------------------------ timm Swin, official Swin
@@ -409,6 +411,43 @@ def test_validating_checkpointer_refuses_bad_sources(tmp_path):
         assert torch.equal(value, before[name]), name
 
 
+def _record_detections(monkeypatch) -> list:
+    """The formats that ``detect_format`` returns from now on, called from any module of
+    ``hila_d2.checkpoint`` (each one that imported it gets a recording copy)."""
+    original, detected = convert_module.detect_format, []
+
+    def recording(obj):
+        detected.append(original(obj))
+        return detected[-1]
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("hila_d2.checkpoint") and vars(module).get("detect_format") is original:
+            monkeypatch.setattr(module, "detect_format", recording)
+    return detected
+
+
+def test_each_conversion_detects_the_format_once(tmp_path, timm_t, monkeypatch):
+    """From every entry point (a file, the CLI, MODEL.WEIGHTS, a family's converter, a Swin
+    window resize) the format is detected once and handed to its converter."""
+    hf = _hf("SegformerForSemanticSegmentation", num_labels=150)
+    hf_dir = _save_pretrained(hf, tmp_path / "ade")
+    swin = {"model": _official_layout(timm_t.state_dict())}
+    cli = load_script("tools/convert_pretrained.py")
+    model = _segformer()
+    conversions = {
+        "convert_file": (lambda: convert_file(hf_dir), "hf_segformer"),
+        "CLI": (lambda: cli.main([hf_dir, str(tmp_path / "out.pkl")]), "hf_segformer"),
+        "MODEL.WEIGHTS": (lambda: ValidatingCheckpointer(model).load(hf_dir), "hf_segformer"),
+        "convert_checkpoint": (lambda: convert_checkpoint(swin, window_size=12), "swin_imagenet"),
+        "convert_swin": (lambda: convert_swin(swin), "swin_imagenet"),
+    }
+    detected = _record_detections(monkeypatch)
+    for entry, (convert, source_format) in conversions.items():
+        detected.clear()
+        convert()
+        assert [source.name for source in detected] == [source_format], entry
+
+
 # ------------------------------------------------------------------ the CLI report
 
 
@@ -572,6 +611,7 @@ def _tiny_sem_seg(folder, name: str) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_train_net_reports_iou_by_the_hub_class_names(tmp_path, datasets):
     """Training from a hub directory and evaluating its model_final.pth, on datasets whose
     metadata names no classes: SemSegEvaluator's per-class rows carry config.json's names."""

@@ -79,7 +79,7 @@ def load_converted(model: dict, window_size: int = 7) -> SwinTransformerBackbone
 def test_convert_official_imagenet_file(reference):
     state = official_state_dict(reference)
     checkpoint = {"model": state}
-    assert detect_format(checkpoint) == detect_format(state) == "swin_imagenet"
+    assert detect_format(checkpoint).name == detect_format(state).name == "swin_imagenet"
     assert "swin_imagenet" in SUPPORTED_FORMATS
 
     result = convert_checkpoint(checkpoint)
@@ -149,7 +149,7 @@ def test_format_detection():
     with pytest.raises(ValueError, match="Unknown checkpoint layout.*swin_imagenet"):
         detect_format({"model": timm_layout})
     mit = {"patch_embed1.proj.weight": torch.zeros(1), "block1.0.attn.kv.weight": torch.zeros(1)}
-    assert detect_format(mit) == "segformer_imagenet"
+    assert detect_format(mit).name == "segformer_imagenet"
     with pytest.raises(ValueError, match="window_size applies to Swin checkpoints only"):
         convert_checkpoint(mit, window_size=12)
     with pytest.raises(ValueError, match="convert_swin takes swin_imagenet checkpoints"):

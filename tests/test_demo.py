@@ -1,4 +1,5 @@
-"""tools/demo.py: images, folders, globs and videos drawn with a model's predictions."""
+"""tools/demo.py: images, folders, globs and videos drawn with a model's predictions, small ones
+enlarged to --min-draw-size (hila_d2.utils.drawing)."""
 
 import os
 import re
@@ -16,6 +17,7 @@ from PIL import Image
 from project_config import REPO, load_config, load_script
 
 from hila_d2.data.images import read_image_file
+from hila_d2.utils.drawing import enlarge_image
 
 demo = load_script("tools/demo.py")
 
@@ -23,6 +25,13 @@ SEMANTIC = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
 INSTANCE = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"
 PANOPTIC = "configs/builtin/panoptic-segmentation/panoptic_fpn_mit_b0.yaml"
 HEIGHT, WIDTH = 64, 96
+SCALE = 8  # the 64x96 test images are drawn at 512x768 (--min-draw-size 512)
+DRAWN = (HEIGHT * SCALE, WIDTH * SCALE)
+
+
+def nearest_enlarged(labels):
+    """(H, W) array -> (8H, 8W), each pixel repeated 8 x 8: nearest neighbour at SCALE 8."""
+    return np.repeat(np.repeat(labels, SCALE, axis=0), SCALE, axis=1)
 
 
 def run(config, *args):
@@ -46,11 +55,14 @@ def folder(tmp_path):
 
 
 def assert_drawn_over(drawing_path, image_path):
-    """The drawing has the image's size and differs from it (something was drawn)."""
+    """The drawing is the 64x96 image enlarged to 512x768 and differs from the enlarged image
+    (something was drawn: with nothing drawn the two are equal, see
+    test_confidence_threshold_filters_instances)."""
     drawing = read_image_file(str(drawing_path), "RGB").astype(int)
     image = read_image_file(str(image_path), "RGB")
-    assert drawing.shape == image.shape == (HEIGHT, WIDTH, 3)
-    assert np.abs(drawing - image).mean() > 10
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert drawing.shape == (*DRAWN, 3)
+    assert np.abs(drawing - enlarge_image(image, DRAWN)).mean() > 2
 
 
 def test_folder_of_color_grayscale_and_rgba_images(folder, tmp_path, capsys):
@@ -80,8 +92,9 @@ def test_random_init_detection_models_draw_one_image(folder, tmp_path, config):
 def test_confidence_threshold_filters_instances(folder, tmp_path):
     output = tmp_path / "vis.png"
     run(INSTANCE, "--input", folder / "color.png", "--output", output, "--confidence-threshold", 1)
-    np.testing.assert_array_equal(  # no instance scores 1: nothing is drawn
-        read_image_file(str(output), "RGB"), read_image_file(str(folder / "color.png"), "RGB")
+    image = read_image_file(str(folder / "color.png"), "RGB")
+    np.testing.assert_array_equal(  # no instance scores 1: nothing is drawn over the enlargement
+        read_image_file(str(output), "RGB"), enlarge_image(image, DRAWN)
     )
 
 
@@ -154,10 +167,100 @@ def test_drawing_follows_the_model_outputs(tmp_path, monkeypatch, config, keys):
     elif "panoptic_seg" in keys:  # the panoptic stuff segment is drawn (alpha 0.5), not sem_seg
         expected = 0.5 * stuff_color(config, 1) + 0.5 * COLOR
         np.testing.assert_allclose(typical, expected, atol=2)
-    else:  # the instance mask is drawn, not sem_seg: far from it the image is unchanged
+    else:  # the instance mask is drawn (enlarged), not sem_seg: far from it nothing changes
         changed = np.abs(drawing - COLOR).max(axis=2) > 0
-        assert changed[MASK].mean() > 0.9
-        assert not changed[48:, 70:].any()
+        assert changed[nearest_enlarged(MASK)].mean() > 0.9
+        assert not changed[48 * SCALE :, 70 * SCALE :].any()
+
+
+class SizedPredictor(FixedPredictor):
+    """Stands in for DefaultPredictor: records the images it gets, answers sem_seg class 2
+    everywhere at each image's size."""
+
+    def __call__(self, image):
+        self.IMAGES.append(image)
+        sem_seg = torch.zeros(7, *image.shape[:2])
+        sem_seg[2] = 1
+        return {"sem_seg": sem_seg}
+
+
+@pytest.mark.parametrize(
+    "flag, drawn",
+    [
+        ([], {"big": (600, 800), "square": (512, 512), "wide": (512, 1536)}),
+        (["--min-draw-size", 0], {"big": (600, 800), "square": (128, 128), "wide": (100, 300)}),
+    ],
+    ids=["default", "min-draw-size-0"],
+)
+def test_small_images_are_drawn_enlarged_and_big_ones_at_their_size(
+    tmp_path, monkeypatch, flag, drawn
+):
+    """By default 128x128 is drawn at 512x512 and 100x300 at 512x1536 (aspect kept), 600x800 at
+    its own size; with --min-draw-size 0 every drawing has its image's size. Either way the
+    model gets the images themselves."""
+    monkeypatch.setattr(SizedPredictor, "IMAGES", [])
+    monkeypatch.setattr(demo, "DefaultPredictor", SizedPredictor)
+    sizes = {"big": (600, 800), "square": (128, 128), "wide": (100, 300)}
+    for name, size in sizes.items():
+        Image.fromarray(np.full((*size, 3), COLOR, np.uint8)).save(tmp_path / f"{name}.png")
+    inputs = [tmp_path / f"{name}.png" for name in sizes]
+    run(SEMANTIC, "--input", *inputs, "--output", tmp_path / "out", *flag)
+    assert [image.shape for image in SizedPredictor.IMAGES] == [(*s, 3) for s in sizes.values()]
+    for name in sizes:
+        drawing = read_image_file(str(tmp_path / "out" / f"{name}.png"), "RGB").astype(float)
+        assert drawing.shape == (*drawn[name], 3), name
+        expected = 0.8 * stuff_color(SEMANTIC, 2) + 0.2 * COLOR  # class 2's fill, alpha 0.8
+        np.testing.assert_allclose(np.median(drawing.reshape(-1, 3), axis=0), expected, atol=2)
+
+
+@pytest.mark.parametrize(
+    "config, key, alpha",
+    [(SEMANTIC, "sem_seg", 0.8), (PANOPTIC, "panoptic_seg", 0.5)],
+    ids=["semantic", "panoptic"],
+)
+def test_enlarged_segments_are_the_nearest_enlarged_prediction(
+    tmp_path, monkeypatch, config, key, alpha
+):
+    """A class-3 block (rows 16:48, cols 24:72 of the 64x96 prediction) in class 1 is drawn
+    as the block enlarged 8 times (rows 128:384, cols 192:576 of 512x768): each drawn pixel
+    has the fill colour of its segment in the nearest-enlarged prediction, but for the labels'
+    text and the segments' outlines."""
+    labels = np.full((HEIGHT, WIDTH), 1)
+    labels[16:48, 24:72] = 3
+    if key == "sem_seg":
+        scores = torch.nn.functional.one_hot(torch.as_tensor(labels), 7).permute(2, 0, 1)
+        outputs = {"sem_seg": scores.float()}
+    else:  # segment ids 1 and 2: stuff classes 1 and 3
+        segments = [{"id": i, "isthing": False, "category_id": c} for i, c in ((1, 1), (2, 3))]
+        ids = torch.as_tensor(np.where(labels == 3, 2, 1), dtype=torch.int32)
+        outputs = {"panoptic_seg": (ids, segments)}
+    monkeypatch.setattr(FixedPredictor, "OUTPUTS", outputs)
+    monkeypatch.setattr(FixedPredictor, "IMAGES", [])
+    monkeypatch.setattr(demo, "DefaultPredictor", FixedPredictor)
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), COLOR, np.uint8)).save(tmp_path / "in.png")
+    run(config, "--input", tmp_path / "in.png", "--output", tmp_path / "vis.png")
+    drawing = read_image_file(str(tmp_path / "vis.png"), "RGB").astype(float)
+    assert drawing.shape == (*DRAWN, 3)
+    fill = {label: alpha * stuff_color(config, label) + (1 - alpha) * COLOR for label in (1, 3)}
+    block = nearest_enlarged(labels == 3)[..., None]
+    matches = np.abs(drawing - np.where(block, fill[3], fill[1])).max(axis=2) <= 2
+    assert matches.mean() > 0.97
+    # 4 drawn pixels either side of the block's edges, on a row and a column away from the text
+    near_edges = {
+        1: [(150, 188), (150, 580), (124, 300), (388, 300)],  # (y, x) outside the block
+        3: [(150, 196), (150, 572), (132, 300), (380, 300)],  # inside
+    }
+    for label, pixels in near_edges.items():
+        for y, x in pixels:
+            np.testing.assert_allclose(drawing[y, x], fill[label], atol=2, err_msg=f"{y}, {x}")
+
+
+def test_negative_min_draw_size_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(SEMANTIC, "--input", "a.png", "--output", tmp_path, "--min-draw-size", -1)
+    assert "--min-draw-size: -1 is negative: give 0 (draw at the input size)" in (
+        capsys.readouterr().err
+    )
 
 
 def write_clip(path, frames):
@@ -186,8 +289,8 @@ def test_video_becomes_an_mp4_of_drawn_frames(tmp_path, capsys):
     run(SEMANTIC, "--video-input", tmp_path / "clip.avi", "--output", tmp_path / "out")
     frames, fps = read_clip(tmp_path / "out" / "clip.mp4")
     assert fps == 5
-    assert [f.shape for f in frames] == [(HEIGHT, WIDTH, 3)] * 3
-    assert np.abs(frames[0].astype(int) - noise(0, 3)).mean() > 10
+    assert [f.shape for f in frames] == [(*DRAWN, 3)] * 3  # each frame enlarged
+    assert np.abs(frames[0].astype(int) - enlarge_image(noise(0, 3), DRAWN)).mean() > 10
     assert re.search(r"3/3 \[", capsys.readouterr().err)  # tqdm's bar over the 3 frames
 
 
@@ -259,6 +362,7 @@ def test_command_line_errors_exit_with_the_message(tmp_path, monkeypatch):
         runpy.run_path(str(REPO / "tools/demo.py"), run_name="__main__")
 
 
+@pytest.mark.slow
 def test_command_line_from_another_directory(folder):
     result = subprocess.run(
         [

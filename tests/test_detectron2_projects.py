@@ -152,7 +152,10 @@ def training_batch(project: str) -> List[Dict[str, torch.Tensor]]:
 
 
 COMBINATIONS = [
-    (project, encoder, hila)
+    # Swin-T with HILA takes 1-2.5 s a combination: slow (the fast loop has plain Swin)
+    pytest.param(project, encoder, hila, marks=pytest.mark.slow)
+    if encoder == "swin" and hila != "plain"
+    else (project, encoder, hila)
     for project in PROJECTS
     for encoder in ENCODERS
     for hila in HILA

@@ -62,7 +62,14 @@ def build(config: str, *opts):
     return build_model(load_config(config, *opts)).eval()
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+# the fast loop exports MiT-B0 with and without HILA; the other cases take 1.5-5 s per test
+FAST_CASES = {"mit_b0", "mit_b0_hila_s3"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in CASES],
+)
 def case(request):
     """(model, [the image to trace, another image of its size], their eager logits)."""
     model = build(*CASES[request.param])

@@ -44,7 +44,13 @@ def stock_cfg(zoo_config: str, encoder: str, *opts: str):
     return cfg
 
 
-@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize(
+    "encoder",
+    [  # with HILA, Swin and HAT-Net take 3-5 s: slow
+        pytest.param(name, marks=pytest.mark.slow) if name in ("swin_hila", "hatnet_hila") else name
+        for name in ENCODERS
+    ],
+)
 def test_pyramid_levels_and_the_encoder_inside(encoder):
     cfg = stock_cfg(MASK_RCNN, encoder)
     torch.manual_seed(0)
@@ -125,9 +131,19 @@ KEEP_ALL_PANOPTIC = KEEP_ALL + [
 ]
 
 
-# HAT-Net's pyramid is checked above; its training step here runs with HILA, which covers it
-@pytest.mark.parametrize("encoder", [name for name in ENCODERS if name != "hatnet"])
-@pytest.mark.parametrize("zoo_config", [MASK_RCNN, PANOPTIC_FPN])
+# HAT-Net's pyramid is checked above; its training step here runs with HILA, which covers it.
+# Panoptic FPN adds an encoder-independent semantic branch to the same FPN: MiT and MiT + HILA.
+# Over ~5 s on 2 CPU cores, and so slow: every case but Mask R-CNN on plain MiT.
+TRAINING_CASES = [
+    (config, name) if (config, name) == (MASK_RCNN, "mit")
+    else pytest.param(config, name, marks=pytest.mark.slow)
+    for config in (MASK_RCNN, PANOPTIC_FPN)
+    for name in ENCODERS
+    if name != "hatnet" and (config == MASK_RCNN or name in ("mit", "mit_hila"))
+]
+
+
+@pytest.mark.parametrize("zoo_config,encoder", TRAINING_CASES)
 def test_training_step_and_inference_at_an_odd_size(zoo_config, encoder):
     panoptic = zoo_config == PANOPTIC_FPN
     # no drop path: with one image it zeroes whole residual branches, and their gradients
@@ -170,7 +186,9 @@ def test_training_step_and_inference_at_an_odd_size(zoo_config, encoder):
         assert set(output) == {"instances"}
 
 
-@pytest.mark.parametrize("encoder", ["mit_hila", "swin", "hatnet"])
+@pytest.mark.parametrize(
+    "encoder", ["mit_hila", pytest.param("swin", marks=pytest.mark.slow), "hatnet"]
+)
 def test_semantic_fpn_at_an_odd_size(encoder):
     """detectron2's SemanticSegmentor + SemSegFPNHead (its semantic FPN config)."""
     cfg = stock_cfg(SEMANTIC_FPN, encoder)

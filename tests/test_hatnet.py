@@ -141,8 +141,10 @@ def run_with_official_attention(model: HATNet, x: torch.Tensor, monkeypatch) -> 
 
 
 @pytest.mark.parametrize(
-    "variant, size", [("T", (224, 224)), ("T", (448, 224)), ("S", (224, 448)), ("M", (224, 224)),
-                      ("L", (224, 224))],
+    "variant, size",
+    [("T", (224, 224)), ("T", (448, 224))]
+    + [pytest.param(v, size, marks=pytest.mark.slow)  # 1.5-3.5 s each
+       for v, size in (("S", (224, 448)), ("M", (224, 224)), ("L", (224, 224)))],
 )  # fmt: skip
 def test_padded_model_equals_the_official_computation_at_multiples_of_224(
     variant, size, monkeypatch

@@ -1,7 +1,7 @@
-"""The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila``) against
-the first, unfold/gather one (``hila_d2.testing.hila_reference``): the same outputs and gradients in
-float32, at module and encoder level; the views it is built from; activation checkpointing;
-channels-last depthwise weights; and ``torch.compile`` without graph breaks."""
+"""The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila_attention``)
+against the first, unfold/gather one (``hila_d2.testing.hila_reference``): the same outputs and
+gradients in float32, at module and encoder level; the views it is built from; activation
+checkpointing; channels-last depthwise weights; and ``torch.compile`` without graph breaks."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,15 +9,15 @@ import torch.nn.functional as F
 from hila_d2.modeling.backbone.hatnet import HATNet
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
-from hila_d2.modeling.hila import (
+from hila_d2.modeling.hila import HILASettings
+from hila_d2.modeling.hila_attention import (
     BottomUpAttention,
-    HILAPair,
-    HILASettings,
     TopDownAttention,
     interleave_sub_positions,
     patch_children,
     sub_position_children,
 )
+from hila_d2.modeling.hila_pair import HILAPair
 from hila_d2.modeling.mix_ffn import MixFFN
 from hila_d2.testing.hila_reference import (
     reference_bottom_up,
@@ -226,19 +226,21 @@ def test_mix_ffn_depthwise_weights_are_channels_last_and_stay_so():
 
 
 def _hila_graph_breaks(model, images):
-    """(graph breaks whose stack passes through hila.py, graph count, all graph breaks)."""
+    """(graph breaks whose stack passes through a HILA module, ``hila_d2/modeling/hila*.py``,
+    graph count, all graph breaks)."""
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(images)
     in_hila = [
         b for b in explanation.break_reasons
-        if any("modeling/hila.py" in frame.filename for frame in b.user_stack)
+        if any("/modeling/hila" in frame.filename for frame in b.user_stack)
     ]  # fmt: skip
     return in_hila, explanation.graph_count, explanation.graph_break_count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mit-parity", "swin", "hatnet"])
 def test_hila_pairs_trace_without_graph_breaks(name):
-    """torch._dynamo captures every HILA pair in one graph: no break inside hila.py; MiT and
+    """torch._dynamo captures every HILA pair in one graph: no break inside a HILA module; MiT and
     HAT-Net have no break at all."""
     build, shape = ENCODERS[name]
     model = build().eval()

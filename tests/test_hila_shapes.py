@@ -257,6 +257,7 @@ def test_ensure_is_noop_when_current(root, reference_digest):
     assert _tree_digest(base) == reference_digest
 
 
+@pytest.mark.slow
 def test_registration_is_lazy_idempotent_and_loads(
     tmp_path_factory, scenes, reference_digest
 ):
@@ -335,6 +336,7 @@ def test_registration_is_lazy_idempotent_and_loads(
     assert _tree_digest(base) == reference_digest
 
 
+@pytest.mark.slow
 def test_ensure_repairs_interrupted_generation(tmp_path_factory, reference_digest):
     root = str(tmp_path_factory.mktemp("repair_root"))
     base = shapes.hila_shapes_dir(root)

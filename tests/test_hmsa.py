@@ -334,6 +334,7 @@ def test_upernet_auxiliary_logits_are_fused_and_weighted():
 # ---------------------------------------------------------------- other heads and backbones
 
 
+@pytest.mark.slow  # over ~5 s on 2 CPU cores
 def test_detectron2_semantic_fpn_by_changing_only_the_meta_architecture():
     """detectron2's own semantic FPN config (ResNet-50 FPN + SemSegFPNHead): the adapter gives
     the head's logits and its summed CONVS_DIM map; single scale equals SemanticSegmentor."""

@@ -6,6 +6,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from hila_d2.checkpoint.loading import CheckpointError, ValidatingCheckpointer
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.hila import HILASettings
 from hila_d2.solver import build_optimizer
@@ -14,6 +15,10 @@ from project_config import load_config
 ADE = "configs/ade20k/semantic-segmentation/hila/"
 CITY = "configs/cityscapes/semantic-segmentation/hila/"
 BUILTIN = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
+# a plain checkpoint lacks the pairs; exempting only their own modules, not the lower-level block
+PAIRS_OWN_MODULES = tuple(
+    f"backbone.hila.*.{module}.*" for module in ("top_down", "bottom_up", "bottom_norm")
+)
 
 
 def count(module: torch.nn.Module) -> int:
@@ -194,7 +199,8 @@ def test_no_hila_pretraining_copies_the_lower_block_and_trains_it(tmp_path):
     torch.manual_seed(2)
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)  # built before loading, as DefaultTrainer does
-    DetectionCheckpointer(model).load(weights)
+    # the copied block is not missing: only the pair's own modules are exempt
+    ValidatingCheckpointer(model, optional_keys=PAIRS_OWN_MODULES).load(weights)
     pair = model.backbone.hila["23"]
     source = plain.backbone.stages[1].blocks[-1].state_dict()
     for key, value in pair.bottom_block.state_dict().items():
@@ -213,11 +219,41 @@ def test_no_hila_pretraining_copies_the_lower_block_and_trains_it(tmp_path):
 def test_no_hila_pretraining_is_off_by_default_and_needs_matching_shapes(tmp_path):
     plain, weights = _plain_checkpoint(tmp_path)
     model = build_model(load_config(BUILTIN))
-    DetectionCheckpointer(model).load(weights)
+    with pytest.raises(CheckpointError, match=r"backbone\.hila\.23\.bottom_block\."):
+        ValidatingCheckpointer(model, optional_keys=PAIRS_OWN_MODULES).load(weights)
+    ValidatingCheckpointer(model, optional_keys=["backbone.hila.*"]).load(weights)
     block = model.backbone.hila["23"].bottom_block
     assert not torch.equal(block.attn.q.weight, plain.backbone.stages[1].blocks[-1].attn.q.weight)
     mismatched = build_model(load_config(
         BUILTIN, "MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE", "True", "MODEL.HILA.BOTTOM_MLP_RATIO", "2.0"
     ))
+    before = {k: v.clone() for k, v in mismatched.state_dict().items()}
     with pytest.raises(ValueError, match="MODEL.HILA.BOTTOM_MLP_RATIO"):
-        DetectionCheckpointer(mismatched).load(weights)
+        ValidatingCheckpointer(mismatched, optional_keys=["backbone.hila.*"]).load(weights)
+    # a refused copy loads nothing
+    assert all(torch.equal(v, before[k]) for k, v in mismatched.state_dict().items())
+
+
+@pytest.mark.parametrize("case", ["lacks the lower stage's block", "has part of the pair's block"])
+def test_no_hila_pretraining_warns_and_keeps_the_block_when_the_checkpoint_does_not_fit(
+    tmp_path, caplog, case
+):
+    """The copy needs the lower stage's last block in the checkpoint and none of the pair's own
+    lower-level block; otherwise the pair's block keeps its initialisation, with a warning."""
+    plain, _ = _plain_checkpoint(tmp_path)
+    torch.manual_seed(2)
+    model = build_model(load_config(BUILTIN, "MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE", "True"))
+    block = model.backbone.hila["23"].bottom_block
+    initial = {k: v.clone() for k, v in block.state_dict().items()}
+    state = plain.state_dict()
+    if case == "lacks the lower stage's block":
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.stages.1.blocks.1.")}
+    else:
+        state.update({f"backbone.hila.23.bottom_block.{k}": v
+                      for k, v in initial.items() if k.startswith("attn.q.")})  # fmt: skip
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with caplog.at_level("WARNING", logger="hila_d2.modeling.hila_encoder"):
+        ValidatingCheckpointer(model, optional_keys=["*"]).load(str(tmp_path / "partial.pth"))
+    assert "HILA pair 23: not initialising its lower-level block" in caplog.text
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, initial[key]), key

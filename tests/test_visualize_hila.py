@@ -1,6 +1,6 @@
 """HILA assignment maps (docs/design/hila.md §10): the capture of the last Top-Down iteration, the
-chains down and up the hierarchy against loop references, the rendering and the CLI
-tools/visualize_hila.py."""
+chains down and up the hierarchy against loop references, the rendering (small images enlarged,
+hila_d2.utils.drawing) and the CLI tools/visualize_hila.py."""
 import math
 import os
 import re
@@ -262,12 +262,29 @@ def test_render_map_upsamples_normalises_blends_and_outlines():
     image = np.full((10, 11, 3), 100, np.uint8)
     level_map = torch.zeros(3, 3)
     level_map[0, 0] = 0.2  # the maximum: normalised to 1
-    out = render_map(image, level_map, 4, (4, 4, 12, 12))
+    out = render_map(image, level_map, 4, (4, 4, 12, 12), min_draw_size=0)
     jet = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_JET)[0]
     assert out.shape == (10, 11, 3) and out.dtype == np.uint8
     np.testing.assert_allclose(out[1, 1], 50 + jet[1] / 2, atol=1)  # the token's 4x4 cell
     np.testing.assert_allclose(out[1, 9], 50 + jet[0] / 2, atol=1)  # a zero token
     assert out[4, 8].tolist() == [255, 0, 0]  # the top edge of the box, blue in BGR
+
+
+def test_render_map_draws_small_images_enlarged():
+    """min_draw_size 40: the 10x11 image is drawn at 40x44, its map the 4x nearest-neighbour
+    enlargement of the map drawn at 10x11, the box at 4x its corners but still 2 px wide."""
+    image = np.full((10, 11, 3), 100, np.uint8)  # constant: so is its cubic enlargement
+    torch.manual_seed(4)
+    level_map = torch.rand(3, 3)
+    off_image = (-40, -40, -30, -30)  # a box outside the image: nothing outlined
+    small = render_map(image, level_map, 4, off_image, min_draw_size=0)
+    large = render_map(image, level_map, 4, off_image, min_draw_size=40)
+    assert small.shape == (10, 11, 3) and large.shape == (40, 44, 3)
+    np.testing.assert_array_equal(large, np.repeat(np.repeat(small, 4, axis=0), 4, axis=1))
+    boxed = render_map(image, level_map, 4, (4, 4, 8, 8), min_draw_size=40)
+    blue = (boxed == [255, 0, 0]).all(axis=2)
+    assert blue[16, 24] and blue[24, 16] and blue[31, 24] and blue[24, 31]  # (16, 16, 32, 32)
+    assert not blue[20, 24]  # a thin line, not the 10x11 drawing's line enlarged to 12 px
 
 
 # ---- CLI
@@ -285,10 +302,15 @@ def image_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_writes_one_png_per_lower_stage(image_file, tmp_path):
-    """--location and --pixel, run side by side; MIN_SIZE_TEST 128 resizes 96x128 to 128x171."""
+    """--location and --pixel, run side by side; MIN_SIZE_TEST 128 resizes 96x128 to 128x171,
+    drawn enlarged to 512x684 (--min-draw-size 512, the default) or at 128x171 (0)."""
     runs = {}
-    for name, where in (("location", ["--location", "2", "1"]), ("pixel", ["--pixel", "70", "40"])):
+    for name, where in (
+        ("location", ["--location", "2", "1"]),
+        ("pixel", ["--pixel", "70", "40", "--min-draw-size", "0"]),
+    ):
         command = [
             sys.executable, "tools/visualize_hila.py", "--config-file", CONFIG,
             "--input", str(image_file), "--output", str(tmp_path / name), *where, *S234,
@@ -311,11 +333,12 @@ def test_cli_writes_one_png_per_lower_stage(image_file, tmp_path):
         assert [line for line in stdout.splitlines() if line.endswith(".png")] == expected
         for path in expected:
             png = cv2.imread(path)
-            assert png.shape == (128, 171, 3)
+            assert png.shape == ((512, 684, 3) if name == "location" else (128, 171, 3))
             # background (jet of 0 over grey), the blue box, and the map's colours
             assert len(np.unique(png.reshape(-1, 3), axis=0)) > 2, path
 
 
+@pytest.mark.slow
 def test_cli_errors(image_file, tmp_path):
     """In process (the subprocess wrapper turns the ValueError into "error: ..." and exit 1)."""
     tool = load_tool()

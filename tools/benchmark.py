@@ -1,323 +1,182 @@
 #!/usr/bin/env python
-"""Speed and memory of hila_d2's encoders against the reference implementations of the same
-architectures on identical weights and inputs, with and without HILA, in inference and in a
-training step: one run prints one Markdown table (images/s, median latency, peak memory, their
-ratios, and the max |Δ| between our and the reference outputs), then notes.
+"""Benchmarks of hila_d2's models, one sub-command each, printed as Markdown.
 
-    python tools/benchmark.py                     # MiT-B0, MiT-B2, Swin-T, HAT-Net-T at 448x448
-    python tools/benchmark.py --size 256 256 --threads 1 --mit B0 --swin none --device cpu
+    python tools/benchmark.py speed          # encoders against reference implementations, 448x448
+    python tools/benchmark.py hila-cost      # HILA's cost over the plain encoder, with targets
+    python tools/benchmark.py hmsa-memory    # HMSA against explicit multi-scale training memory
+    python tools/benchmark.py latency        # latency of the published HILA models and bases
+    python tools/benchmark.py speed --help   # one sub-command's flags and defaults
 
-Rows per selected variant: the reference (MiT: HF transformers' ``SegformerModel``; Swin: timm's
-``SwinTransformer``; HAT-Net: none, no library implements it), ours built through detectron2's
-backbone registry (``build_{mit,swin,hatnet}_backbone``) with ratios ours / reference, and ours
-with HILA (``MODEL.HILA`` of the config in ``HILA_CONFIGS``) with ratios HILA / plain; for each
-variant, first these inference rows, then the same training-step rows.
-
-Options: ``--size H W`` (multiples of 32; default 448 448, where every Swin-T stage grid is a
-multiple of its window 7, so timm's window order equals the official one and Δ is 0),
-``--batch`` (1), ``--device`` (cuda when available, else cpu; cuda without CUDA is an error),
-``--threads`` (torch.set_num_threads), ``--warmup`` (untimed steps first, 1), ``--repeats`` (timed
-steps, median, 5), ``--mit``, ``--swin``, ``--hatnet`` (variants; ``none`` leaves the family out),
-``--opts KEY VALUE ...`` (config overrides for every encoder). Needs transformers (the ``test``
-extra).
+Every sub-command takes the common flags ``--size H W``, ``--batch``, ``--device`` (cuda when
+available), ``--threads``, ``--warmup`` and ``--repeats``, each with that sub-command's default,
+then its own flags. The measurements live in ``hila_d2.utils.benchmarks``; docs/BENCHMARKS.md
+shows their tables.
 """
-
 import argparse
-import os
-import platform
-import sys
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import torch
 
-import detectron2  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
-from detectron2.modeling import build_backbone  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import SegformerModel  # noqa: E402
-
-import hila_d2  # noqa: E402
-from hila_d2.checkpoint.convert import convert_segformer  # noqa: E402
-from hila_d2.checkpoint.segformer import hf_segformer_to_official  # noqa: E402
-from hila_d2.modeling.backbone.hatnet import HATNET_VARIANTS  # noqa: E402
-from hila_d2.modeling.backbone.mit import MIT_VARIANTS  # noqa: E402
-from hila_d2.modeling.backbone.pyramid import STAGE_STRIDES  # noqa: E402
-from hila_d2.modeling.backbone.swin import SWIN_VARIANTS  # noqa: E402
-from hila_d2.utils.profiling import (  # noqa: E402
-    device_name,
-    markdown_table,
-    median_step_ms,
-    peak_step_memory,
-)
-from hila_d2.testing.references import (  # noqa: E402
-    TimmSwinStages,
-    hf_segformer_config,
-    timm_swin,
-    use_mit_eps,
-)
-
-# family -> (title, config node, variants, reference implementation or None)
-FAMILIES = {
-    "mit": ("MiT", "MIT", MIT_VARIANTS, "transformers SegformerModel"),
-    "swin": ("Swin", "HILA_D2_SWIN", SWIN_VARIANTS, "timm SwinTransformer"),
-    "hatnet": ("HAT-Net", "HATNET", HATNET_VARIANTS, None),
-}
-# family -> the config whose MODEL.* (its HILA settings above all) our encoders are built from
-HILA_CONFIGS = {
-    "mit": "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml",
-    "swin": "configs/ade20k/semantic-segmentation/swin/hila_upernet_swin_t_s234_160k.yaml",
-    "hatnet": "configs/builtin/semantic-segmentation/hila_semantic_fpn_hatnet_t_s3.yaml",
-}
-STEPS = ("inference", "training step")
-HEADER = [
-    "encoder", "implementation", "step", "images/s", "latency (ms)", "peak memory (MiB)",
-    "ratio over", "images/s ratio", "latency ratio", "memory ratio", "max abs Δ",
-]  # fmt: skip
-MIB = 2**20
+from hila_d2.utils.benchmarks import hila_cost, hmsa_memory, latency, published, speed
 
 
-@dataclass
-class Encoder:
-    """One implementation; ``stages`` maps images (B, 3, H, W) to its four NCHW stage outputs."""
-
-    name: str  # e.g. "MiT-B0 + HILA S3"
-    implementation: str
-    module: nn.Module
-    stages: Callable[[torch.Tensor], Sequence[torch.Tensor]]
-
-
-def encoder_cfg(family: str, variant: str, hila: bool, opts: Sequence[str]) -> CfgNode:
-    """``HILA_CONFIGS[family]`` for the bare encoder of ``variant`` with drop path 0, then the
-    ``KEY VALUE`` pairs of ``opts``; ``MODEL.HILA.STAGES`` emptied unless ``hila``."""
-    _, node, _, _ = FAMILIES[family]
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, HILA_CONFIGS[family]))
-    cfg.merge_from_list(
-        ["MODEL.BACKBONE.NAME", f"build_{family}_backbone", f"MODEL.{node}.VARIANT", variant,
-         f"MODEL.{node}.DROP_PATH_RATE", 0.0, *opts]
-    )  # fmt: skip
-    if not hila:
-        cfg.MODEL.HILA.STAGES = []
-    return cfg
-
-
-def build_ours(family: str, variant: str, hila: bool, opts: Sequence[str]) -> Encoder:
-    """Our encoder of ``encoder_cfg(...)`` from detectron2's backbone registry."""
-    cfg = encoder_cfg(family, variant, hila, opts)
-    name = f"{FAMILIES[family][0]}-{variant}"
-    if hila:
-        name += " + HILA S" + "".join(str(s) for s in cfg.MODEL.HILA.STAGES)
-    torch.manual_seed(0)
-    module = build_backbone(cfg)
-    return Encoder(name, "hila_d2", module, lambda images: list(module(images).values()))
-
-
-def build_reference(family: str, variant: str, ours: Encoder) -> Optional[Encoder]:
-    """The reference implementation of ``ours`` (plain) with a seeded random init, which is copied
-    into ``ours``; None for HAT-Net."""
-    torch.manual_seed(0)
-    implementation = FAMILIES[family][3]
-    if family == "mit":
-        hf = SegformerModel(hf_segformer_config(variant))
-        use_mit_eps(hf)
-        converted = convert_segformer(hf_segformer_to_official(hf.state_dict())).model
-        ours.module.load_state_dict({k[len("backbone.") :]: v for k, v in converted.items()})
-        return Encoder(
-            ours.name, implementation, hf, lambda x: hf(x, output_hidden_states=True).hidden_states
-        )
-    if family == "swin":
-        window = ours.module.layers[0].blocks[0].window_size[0]
-        swin = timm_swin(variant, num_classes=0, drop_path_rate=0.0, window_size=window)
-        incompatible = ours.module.load_state_dict(swin.state_dict(), strict=False)
-        # timm's final norm is not ours; our stage norms norm0..3 are not timm's
-        if set(incompatible.unexpected_keys) != {"norm.weight", "norm.bias"} or any(
-            not key.startswith("norm") for key in incompatible.missing_keys
-        ):
-            raise RuntimeError(f"timm's Swin-{variant} does not load into ours: {incompatible}")
-        reference = TimmSwinStages(swin, [getattr(ours.module, f"norm{i}") for i in range(4)])
-        return Encoder(ours.name, implementation, reference, reference)
-    return None
-
-
-@torch.no_grad()
-def max_abs_diff(ours: Encoder, reference: Encoder, images: torch.Tensor) -> float:
-    """Largest |ours - reference| over the four stage outputs, both in eval mode."""
-    ours.module.eval()
-    reference.module.eval()
-    pairs = zip(ours.stages(images), reference.stages(images), strict=True)
-    return max((a - b).abs().max().item() for a, b in pairs)
-
-
-def measure(encoder: Encoder, images: torch.Tensor, step_kind: str, args) -> Tuple[float, float]:
-    """(median latency in ms, peak MiB) of one inference or training step on ``images``."""
-    module = encoder.module
-    if step_kind == "inference":
-        module.eval()
-
-        @torch.no_grad()
-        def step() -> None:
-            encoder.stages(images)
-
-    else:
-        module.train()
-        optimizer = torch.optim.SGD(module.parameters(), lr=1e-4)
-
-        def step() -> None:
-            sum(stage.mean() for stage in encoder.stages(images)).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup):
-        step()
-    peak = peak_step_memory(step, images.device) / MIB
-    return median_step_ms(step, images.device, args.repeats), peak
-
-
-def _number(value: float) -> str:
-    """4 significant digits (whole numbers from 1000 on), no exponent between 1e-4 and 1e4."""
-    return f"{value:#.4g}".rstrip(".") if value < 1e4 else f"{value:.0f}"
-
-
-def family_rows(family: str, variant: str, images: torch.Tensor, args) -> List[List[str]]:
-    """The table rows of one variant: inference rows, then training-step rows."""
-    plain = build_ours(family, variant, False, args.opts)
-    reference = build_reference(family, variant, plain)
-    hila = build_ours(family, variant, True, args.opts)
-    for encoder in (plain, reference, hila):
-        if encoder is not None:
-            encoder.module.to(images.device)
-    # (encoder, the encoder its ratios divide by, "ratio over" cell, max |Δ| cell)
-    entries: List[Tuple[Encoder, Optional[Encoder], str, str]] = [(plain, None, "—", "—")]
-    if reference is not None:
-        diff = f"{max_abs_diff(plain, reference, images):.1e}"
-        entries = [(reference, None, "", ""), (plain, reference, "reference", diff)]
-    entries.append((hila, plain, "plain", ""))
-    rows = []
-    for step_kind in STEPS:
-        results = {}
-        for encoder, baseline, over, diff in entries:
-            latency, peak = results[id(encoder)] = measure(encoder, images, step_kind, args)
-            row = [encoder.name, encoder.implementation, step_kind,
-                   _number(args.batch * 1e3 / latency), _number(latency), _number(peak), over]  # fmt: skip
-            if baseline is None:
-                row += [over] * 3 + [diff]
-            else:
-                base_latency, base_peak = results[id(baseline)]
-                row += [f"{base_latency / latency:.2f}", f"{latency / base_latency:.2f}",
-                        f"{peak / base_peak:.2f}", diff if step_kind == "inference" else ""]  # fmt: skip
-            rows.append(row)
-    return rows
-
-
-def notes(args, device: torch.device) -> List[str]:
-    """The numbered notes under the table."""
-    memory = (
-        "CUDA max_memory_allocated"
-        if device.type == "cuda"
-        else "the CPU allocator's events recorded by torch.profiler"
-    )
-    lines = [
-        "Inference: eval mode, torch.no_grad, the four stage outputs res2..res5. Training step: "
-        "train mode, loss = the sum of the four outputs' means, backward, SGD step (lr 1e-4, no "
-        "momentum), gradients freed; the same on both sides. Dropout and drop path are 0.",
-        f"images/s = batch × 1000 / latency; latency: median wall time of {args.repeats} step(s) "
-        f"after {args.warmup} warm-up step(s); peak memory: growth of allocated tensor memory "
-        f"during one more step over what was allocated before it ({memory}).",
-        "Ratios: this row over the `ratio over` row of the same encoder and step: ours / the "
-        "reference implementation, or HILA / plain (images/s ratio > 1, latency and memory ratio "
-        "< 1: faster, smaller). HILA: `MODEL.HILA` of "
-        + ", ".join(f"`{HILA_CONFIGS[f]}`" for f in FAMILIES)
-        + " (S3: one pair, stages 2-3; S234: pairs 1-2, 2-3, 3-4).",
-        "Identical weights and inputs: the reference gets a seeded random init that is copied "
-        "into ours (MiT: HF names through `hf_segformer_to_official` and `convert_segformer`, "
-        "HF's LayerNorm eps set to MiT's; Swin: timm's state dict, whose final norm we lack; our "
-        "stage norms norm0..3, which timm lacks, are copied after timm's stage outputs). max abs "
-        "Δ: largest |ours − reference| over the four inference outputs (NCHW).",
-    ]
-    if args.hatnet:
-        lines.append(
-            "HAT-Net: no library implements it and the official repository has no licence, so "
-            "there is no reference to compare with (—)."
-        )
-    if args.swin:
-        window = encoder_cfg("swin", args.swin[0], False, args.opts).MODEL.HILA_D2_SWIN.WINDOW_SIZE
-        if any(size // stride % window for stride in STAGE_STRIDES for size in args.size):
-            lines.append(
-                f"Swin at {args.size[0]}×{args.size[1]}: some stage grid is no multiple of the "
-                f"window ({window}); there timm shifts the tokens, then pads them to the window, "
-                "while the official Swin segmentation backbone (ours) pads, then shifts, so "
-                "border windows differ and max abs Δ is large; both do the same work. Multiples "
-                f"of {32 * window} make every grid a multiple of the window."
-            )
-    return lines
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs=2, default=(448, 448), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1, help="images per step")
+def add_common_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    size: Optional[Tuple[int, int]],
+    batch: int,
+    warmup: int,
+    repeats: int,
+    threads: Optional[int] = None,
+    size_help: str = "input size",
+) -> None:
+    """The flags every sub-command takes, with its defaults (``threads`` None: torch's)."""
+    parser.add_argument("--size", type=int, nargs=2, default=size, metavar=("H", "W"),
+                        help=f"{size_help} (default: {size_default_text(size)})")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=batch, help="images per step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads"
+        "--threads", type=int, default=threads or torch.get_num_threads(),
+        help="torch.set_num_threads",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help="untimed steps of each model first"
     )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before measuring")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
-    for family, default in (("mit", ["B0", "B2"]), ("swin", ["T"]), ("hatnet", ["T"])):
-        variants = FAMILIES[family][2]
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed steps (median)")
+
+
+def size_default_text(size: Optional[Tuple[int, int]]) -> str:
+    return "the dataset's" if size is None else f"{size[0]} {size[1]}"
+
+
+def check_common_flags(
+    parser: argparse.ArgumentParser, args, *, min_warmup: int = 0, size_multiple: int = 1
+) -> None:
+    """argparse errors for common flags out of range or CUDA asked for where there is none."""
+    if args.size and any(s <= 0 or s % size_multiple for s in args.size):
+        kind = "positive" if size_multiple == 1 else f"positive multiples of {size_multiple}"
+        parser.error(f"--size must be {kind}, got {args.size[0]} {args.size[1]}")
+    if args.batch < 1 or args.repeats < 1 or args.threads < 1 or args.warmup < min_warmup:
+        parser.error(f"--batch, --repeats and --threads must be >= 1, --warmup >= {min_warmup}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: CUDA is not available (torch.cuda.is_available() is "
+            "False); use --device cpu"
+        )
+
+
+def add_speed(commands) -> None:
+    parser = commands.add_parser("speed", help="encoders against reference implementations",
+                                 description=speed.__doc__.split("\n\n")[0])  # fmt: skip
+    add_common_flags(
+        parser, size=(448, 448), batch=1, warmup=1, repeats=5,
+        size_help="input size, multiples of 32 (448: every Swin-T stage grid is a multiple of "
+        "its window 7, so timm's window order is the official one)",
+    )  # fmt: skip
+    for family, (title, _, variants, _) in speed.FAMILIES.items():
         parser.add_argument(
             f"--{family}",
             nargs="+",
-            default=default,
+            default=speed.DEFAULT_VARIANTS[family],
             choices=[*variants, "none"],
-            help=f"{FAMILIES[family][0]} variants, or none",
+            help=f"{title} variants, or none",
         )
     parser.add_argument(
-        "--opts",
-        nargs="+",
-        default=[],
-        metavar="KEY VALUE",
+        "--opts", nargs="+", default=[], metavar="KEY VALUE",
         help="config overrides for every encoder, e.g. MODEL.HILA_D2_SWIN.WINDOW_SIZE 2",
-    )
-    args = parser.parse_args(argv)
-    for family in FAMILIES:
+    )  # fmt: skip
+    parser.set_defaults(run=speed.run, check=check_speed)
+
+
+def check_speed(parser: argparse.ArgumentParser, args) -> None:
+    check_common_flags(parser, args, size_multiple=32)
+    for family in speed.FAMILIES:
         setattr(args, family, [v for v in getattr(args, family) if v != "none"])
-    if any(s <= 0 or s % 32 for s in args.size):
-        parser.error(f"--size must be positive multiples of 32, got {args.size[0]} {args.size[1]}")
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("--batch, --repeats and --threads must be >= 1, --warmup >= 0")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available (torch.cuda.is_available())")
+
+
+def add_hila_cost(commands) -> None:
+    parser = commands.add_parser("hila-cost", help="HILA's cost over the plain encoder",
+                                 description=hila_cost.__doc__.split("\n\n")[0])  # fmt: skip
+    add_common_flags(parser, size=(512, 512), batch=1, warmup=2, repeats=7, threads=2)
+    parser.add_argument(
+        "--cases", nargs="+", choices=sorted(hila_cost.CASES), default=list(hila_cost.CASES)
+    )
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="also print HILA's N most costly ops over the plain encoder, per case (CPU)",
+    )  # fmt: skip
+    parser.set_defaults(run=hila_cost.run, check=check_common_flags)
+
+
+def add_hmsa_memory(commands) -> None:
+    parser = commands.add_parser("hmsa-memory", help="HMSA against explicit scale attention",
+                                 description=hmsa_memory.__doc__.split("\n\n")[0])  # fmt: skip
+    add_common_flags(parser, size=(256, 256), batch=2, warmup=1, repeats=3,
+                     size_help="training crop")  # fmt: skip
+    parser.add_argument(
+        "--config-file", default=hmsa_memory.DEFAULT_CONFIG,
+        help="an HMSA config (relative to the working directory or the repository)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--explicit-scales", type=float, nargs="+", default=(0.5, 1.0, 2.0),
+        help="scales of the explicit baseline",
+    )  # fmt: skip
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE pairs"
+    )
+    parser.set_defaults(run=hmsa_memory.run, check=check_hmsa_memory)
+
+
+def check_hmsa_memory(parser: argparse.ArgumentParser, args) -> None:
+    # the warm-up step also allocates the SGD momentum, which the peak must not include
+    check_common_flags(parser, args, min_warmup=1)
+
+
+def add_latency(commands) -> None:
+    parser = commands.add_parser("latency", help="latency of the published HILA models",
+                                 description=latency.__doc__.split("\n\n")[0])  # fmt: skip
+    add_common_flags(
+        parser, size=None, batch=1, warmup=1, repeats=5,
+        size_help="input size, multiples of 32 (ADE 512 512, city 1024 2048)",
+    )  # fmt: skip
+    published.add_selection_arguments(parser)
+    parser.set_defaults(run=latency.run, check=check_latency)
+
+
+def check_latency(parser: argparse.ArgumentParser, args) -> None:
+    check_common_flags(parser, args, size_multiple=32)
+    published.check_selection(parser, args)
+
+
+SUB_COMMANDS = {
+    "speed": add_speed,
+    "hila-cost": add_hila_cost,
+    "hmsa-memory": add_hmsa_memory,
+    "latency": add_latency,
+}
+
+
+def build_parser() -> Tuple[argparse.ArgumentParser, dict]:
+    """The parser and its sub-command parsers by name."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUB_COMMANDS.values():
+        add(commands)
+    return parser, commands.choices
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser, sub_parsers = build_parser()
+    args = parser.parse_args(argv)
+    args.check(sub_parsers[args.command], args)
     return args
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, *args.size, generator=generator).to(device)
-    rows = []
-    for family in FAMILIES:
-        for variant in getattr(args, family):
-            print(f"measuring {FAMILIES[family][0]}-{variant} ...", file=sys.stderr, flush=True)
-            rows += family_rows(family, variant, images, args)
-    height, width = args.size
-    print(f"### Encoder benchmark: hila_d2 vs reference implementations, {height}×{width}\n")
-    print(
-        f"- torch {torch.__version__}, timm {timm.__version__}, transformers "
-        f"{transformers.__version__}, detectron2 {detectron2.__version__}, Python "
-        f"{platform.python_version()}; device: {device} ({device_name(device)}), torch threads: "
-        f"{torch.get_num_threads()}; input: {args.batch}×3×{height}×{width} random fp32\n"
-    )
-    print(markdown_table(HEADER, rows) + "\n")
-    for index, note in enumerate(notes(args, device), 1):
-        print(f"{index}. {note}")
+    args.run(args)
 
 
 if __name__ == "__main__":

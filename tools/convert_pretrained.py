@@ -31,13 +31,10 @@ import os
 import pickle
 import sys
 
-# the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from hila_d2.checkpoint.convert import ConversionResult  # noqa: E402
-from hila_d2.checkpoint.files import (  # noqa: E402, F401  (HILA_NOTE, config_value: API)
+from hila_d2.checkpoint.convert import ConversionResult
+from hila_d2.checkpoint.files import (  # noqa: F401  (HILA_NOTE, config_value: API)
     HILA_NOTE,
     checkpoint_data,
     config_value,

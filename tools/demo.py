@@ -9,16 +9,19 @@
 
 Images are read whatever their channels (grayscale, 16-bit, palette, RGBA:
 ``hila_d2.data.images.read_image_file``) and run as detectron2's ``DefaultPredictor`` runs them:
-MODEL.WEIGHTS loaded by ``hila_d2.checkpoint.loading.ValidatingCheckpointer``, resized by INPUT.MIN_SIZE_TEST /
-MAX_SIZE_TEST, predictions at the input's size. The drawing is the panoptic segmentation if the
-model outputs one (Panoptic FPN), else the instances (Mask R-CNN), else the semantic segmentation,
-with the class names and colours of DATASETS.TEST[0]; where that dataset has no ``stuff_classes``,
-or DATASETS.TEST is empty, with the class names the weights carry (a hub model directory's
-config.json ``id2label``, or a file converted from one: ``ValidatingCheckpointer.class_names``).
-Each image gives ``OUTPUT/<name>.png`` (or the --output file ending in .png, for one image) at
-the image's size; a video gives
-``OUTPUT/<name>.mp4`` (or the --output file ending in .mp4): every frame drawn, at the video's
-frame rate, with instance colours kept from frame to frame.
+MODEL.WEIGHTS loaded by ``hila_d2.checkpoint.loading.ValidatingCheckpointer``, resized by
+INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, predictions at the input's size. The drawing is the panoptic
+segmentation if the model outputs one (Panoptic FPN), else the instances (Mask R-CNN), else the
+semantic segmentation, with the class names and colours of DATASETS.TEST[0]; where that dataset
+has no ``stuff_classes``, or DATASETS.TEST is empty, with the class names the weights carry (a hub
+model directory's config.json ``id2label``, or a file converted from one:
+``ValidatingCheckpointer.class_names``).
+Each image gives ``OUTPUT/<name>.png`` (or the --output file ending in .png, for one image); a
+video gives ``OUTPUT/<name>.mp4`` (or the --output file ending in .mp4): every frame drawn, at
+the video's frame rate, with instance colours kept from frame to frame. A drawing has the image's
+(frame's) size, but an image whose shorter side is under --min-draw-size (default 512) is drawn
+enlarged to it so that the labels can be read (``hila_d2.utils.drawing``): the model runs on the
+image itself and its masks are enlarged by nearest neighbour, its boxes scaled.
 """
 
 import argparse
@@ -28,23 +31,27 @@ import sys
 from collections import Counter
 from typing import List, Optional
 
-# the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
+from detectron2.utils.video_visualizer import VideoVisualizer
+from PIL import Image
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.catalog import Metadata  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
-from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import hila_d2  # noqa: E402
-from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
-from hila_d2.data.images import read_image_file  # noqa: E402
-from hila_d2.data.metadata import set_class_names  # noqa: E402
+import hila_d2
+from hila_d2.checkpoint.loading import ValidatingCheckpointer
+from hila_d2.data.images import read_image_file
+from hila_d2.data.metadata import set_class_names
+from hila_d2.utils.drawing import (
+    add_min_draw_size_argument,
+    drawing_size,
+    enlarge_image,
+    enlarge_labels,
+)
 
 # every file extension PIL reads (".png", ".jpg", ".tif", ...): the images taken from a folder
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -73,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.5,
         help="lowest score of the instances drawn (instance and panoptic models)",
     )
+    add_min_draw_size_argument(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs, last"
     )
@@ -171,20 +179,43 @@ def image_outputs(paths: List[str], output: str) -> List[str]:
     return [os.path.join(output, name) for name in names]
 
 
+def enlarge_instances(instances: Instances, size) -> Instances:
+    """Instances predicted on an (H, W) image -> the same instances on an (H', W') = ``size``
+    enlargement of it: ``pred_boxes`` scaled, ``pred_masks`` (N, H, W) enlarged by nearest
+    neighbour to (N, H', W'), the other fields (scores, classes) kept."""
+    height, width = instances.image_size
+    if (height, width) == tuple(size):
+        return instances
+    enlarged = Instances(tuple(size), **instances.get_fields())
+    if instances.has("pred_boxes"):
+        enlarged.pred_boxes = instances.pred_boxes.clone()
+        enlarged.pred_boxes.scale(size[1] / width, size[0] / height)
+    if instances.has("pred_masks"):
+        enlarged.pred_masks = enlarge_labels(instances.pred_masks, size)
+    return enlarged
+
+
 def draw_predictions(
-    visualizer: VideoVisualizer, image: np.ndarray, predictions: dict
+    visualizer: VideoVisualizer, image: np.ndarray, predictions: dict, min_draw_size: int
 ) -> np.ndarray:
-    """RGB image (H, W, 3) uint8 and the model's outputs for it -> (H, W, 3) uint8 RGB drawing
-    of ``panoptic_seg`` if there is one, else of ``instances``, else of ``sem_seg``.
+    """RGB image (H, W, 3) uint8 and the model's outputs for it (at H x W) -> (H', W', 3) uint8
+    RGB drawing of ``panoptic_seg`` if there is one, else of ``instances``, else of
+    ``sem_seg``, where (H', W') = ``drawing_size((H, W), min_draw_size)``: the image enlarged by
+    cubic interpolation, the predicted segments and masks by nearest neighbour, the boxes scaled.
     detectron2's ``VideoVisualizer`` draws each with ``Visualizer`` and keeps the colours of
     instances it saw in earlier frames."""
+    size = drawing_size(image.shape[:2], min_draw_size)
+    shown = enlarge_image(image, size)
     if "panoptic_seg" in predictions:
         panoptic, segments = predictions["panoptic_seg"]
-        drawn = visualizer.draw_panoptic_seg_predictions(image, panoptic.cpu(), segments)
+        panoptic = enlarge_labels(panoptic.cpu(), size)
+        drawn = visualizer.draw_panoptic_seg_predictions(shown, panoptic, segments)
     elif "instances" in predictions:
-        drawn = visualizer.draw_instance_predictions(image, predictions["instances"].to("cpu"))
+        instances = enlarge_instances(predictions["instances"].to("cpu"), size)
+        drawn = visualizer.draw_instance_predictions(shown, instances)
     elif "sem_seg" in predictions:
-        drawn = visualizer.draw_sem_seg(image, predictions["sem_seg"].argmax(dim=0).cpu())
+        labels = enlarge_labels(predictions["sem_seg"].argmax(dim=0).cpu(), size)
+        drawn = visualizer.draw_sem_seg(shown, labels)
     else:
         raise ValueError(
             f"the model outputs {sorted(predictions)}; the demo draws panoptic_seg, instances "
@@ -193,13 +224,22 @@ def draw_predictions(
     return drawn.get_image()
 
 
-def run_images(predictor: DefaultPredictor, metadata, paths: List[str], outputs: List[str]) -> None:
-    """Draw the predictions of every image in ``paths`` to its file in ``outputs`` (PNG)."""
+def run_images(
+    predictor: DefaultPredictor,
+    metadata,
+    paths: List[str],
+    outputs: List[str],
+    min_draw_size: int,
+) -> None:
+    """Draw the predictions of every image in ``paths`` to its file in ``outputs`` (PNG),
+    enlarged where the image's shorter side is under ``min_draw_size``."""
     os.makedirs(os.path.dirname(os.path.abspath(outputs[0])), exist_ok=True)  # one folder
     for path, output in zip(tqdm(paths, unit="image"), outputs):
         image = read_image_file(path, format="BGR")  # DefaultPredictor takes BGR
         # a fresh VideoVisualizer draws one image as detectron2's Visualizer does
-        drawing = draw_predictions(VideoVisualizer(metadata), image[:, :, ::-1], predictor(image))
+        drawing = draw_predictions(
+            VideoVisualizer(metadata), image[:, :, ::-1], predictor(image), min_draw_size
+        )
         if not cv2.imwrite(output, np.ascontiguousarray(drawing[:, :, ::-1])):
             raise ValueError(f"--output: OpenCV cannot write {output!r}")
 
@@ -212,16 +252,23 @@ def video_output(path: str, output: str) -> str:
     return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
 
 
-def run_video(predictor: DefaultPredictor, metadata, path: str, output: str) -> int:
-    """Draw the predictions of every frame of the video ``path`` into the mp4 ``output``;
-    returns the number of frames."""
+def run_video(
+    predictor: DefaultPredictor, metadata, path: str, output: str, min_draw_size: int
+) -> int:
+    """Draw the predictions of every frame of the video ``path`` into the mp4 ``output``, at the
+    frames' size enlarged where their shorter side is under ``min_draw_size``; returns the
+    number of frames."""
     video = cv2.VideoCapture(path)
     if not video.isOpened():
         raise ValueError(f"--video-input {path!r}: OpenCV cannot read it as a video")
-    size = (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    frame_size = (
+        int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        int(video.get(cv2.CAP_PROP_FRAME_WIDTH)),
+    )
+    height, width = drawing_size(frame_size, min_draw_size)
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0  # 0 when the file does not say
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     visualizer = VideoVisualizer(metadata)  # one for the whole video: instance colours persist
     frames = 0
     try:
@@ -231,7 +278,9 @@ def run_video(predictor: DefaultPredictor, metadata, path: str, output: str) -> 
         with tqdm(total=total, unit="frame") as progress:
             ok, frame = video.read()  # (H, W, 3) uint8 BGR
             while ok:
-                drawing = draw_predictions(visualizer, frame[:, :, ::-1], predictor(frame))
+                drawing = draw_predictions(
+                    visualizer, frame[:, :, ::-1], predictor(frame), min_draw_size
+                )
                 writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
                 frames += 1
                 progress.update()
@@ -265,10 +314,10 @@ def main(argv=None) -> None:
     checkpointer.load(cfg.MODEL.WEIGHTS)
     metadata = drawing_metadata(cfg, checkpointer.class_names)
     if args.video_input:
-        frames = run_video(predictor, metadata, args.video_input, output)
+        frames = run_video(predictor, metadata, args.video_input, output, args.min_draw_size)
         print(f"wrote {output} ({frames} frames)")
     else:
-        run_images(predictor, metadata, paths, outputs)
+        run_images(predictor, metadata, paths, outputs, args.min_draw_size)
         print(f"wrote {len(outputs)} drawing(s), e.g. {outputs[0]}")
 
 

@@ -17,15 +17,12 @@ import argparse
 import os
 import sys
 
-# the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.modeling import build_model
 
-import torch  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-import hila_d2  # noqa: E402
-from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
-from hila_d2.export import (  # noqa: E402
+import hila_d2
+from hila_d2.checkpoint.loading import ValidatingCheckpointer
+from hila_d2.export import (
     ONNX_OPSET,
     eager_sem_seg,
     export_onnx,

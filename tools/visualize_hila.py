@@ -11,27 +11,27 @@ The image is resized as detectron2's DefaultPredictor does (INPUT.MIN_SIZE_TEST 
 MAX_SIZE_TEST), normalised and padded as the model's SemanticSegmentor does, and run through the
 backbone once, whole (no sliding window). One PNG per lower stage of the chain of HILA pairs,
 ``hila_stage{s}_from_stage{T}_x{X}_y{Y}.png`` for the stage-T token at column X, row Y, is
-written over the resized image, with that token's 4x4 child patch outlined in blue.
+written over the resized image, with that token's 4x4 child patch outlined in blue; a resized
+image whose shorter side is under --min-draw-size (default 512) is drawn enlarged to it
+(``hila_d2.utils.drawing``: the image by cubic interpolation, the map by nearest neighbour).
 """
 
 import argparse
 import os
 import sys
 
-# the repository's hila_d2, whatever the working directory (detectron2 installs a "tools" package)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
+import numpy as np
+import torch
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import ImageList  # noqa: E402
-
-import hila_d2  # noqa: E402
-from hila_d2.checkpoint.loading import ValidatingCheckpointer  # noqa: E402
-from hila_d2.utils.hila_attention_maps import (  # noqa: E402
+import hila_d2
+from hila_d2.checkpoint.loading import ValidatingCheckpointer
+from hila_d2.utils.drawing import add_min_draw_size_argument
+from hila_d2.utils.hila_attention_maps import (
     chain_down,
     compute_assignments,
     owner_of_pixel,
@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a pixel of the input image (its own resolution): show the top-stage token "
         "that owns it, traced up the chain of Top-Down assignments",
     )
+    add_min_draw_size_argument(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
@@ -139,7 +140,8 @@ def main(argv=None) -> None:
     os.makedirs(args.output, exist_ok=True)
     for stage, level_map in chain_down((row, col), assignments):
         path = os.path.join(args.output, f"hila_stage{stage}_from_stage{top}_x{col}_y{row}.png")
-        cv2.imwrite(path, render_map(shown, level_map, stage_stride(stage), footprint))
+        drawing = render_map(shown, level_map, stage_stride(stage), footprint, args.min_draw_size)
+        cv2.imwrite(path, drawing)
         print(path)
 
 

@@ -1,10 +1,10 @@
 """Conversion of official checkpoints into detectron2 checkpoints of hila_d2 models.
 
-``convert`` is the entry point (``convert_checkpoint``, ``SUPPORTED_FORMATS``); ``core`` holds the
-shared machinery, ``segformer`` and ``swin`` the converters of each family, ``hila`` the HILA pair
-names both use; ``files`` the readers of each file kind (.safetensors, .bin, .pth, .pkl, a hub
-model directory with config.json) and the conversion report; ``loading`` the checkpointer that
-converts source files on load, refuses checkpoints that do not fit a model and keeps the class
-names they carry (``class_names``).
+``convert`` is the entry point (``FORMATS``, the table of source formats; ``detect_format``;
+``convert_checkpoint``; ``SUPPORTED_FORMATS``); ``core`` holds the shared machinery (``Format``,
+renaming, fitting), ``segformer``, ``swin`` and ``hatnet`` the converters of each family, ``hila``
+the HILA pair names the first two use; ``files`` the readers of each file kind (.safetensors,
+.bin, .pth, .pkl, a hub model directory with config.json) and the conversion report; ``loading``
+the checkpointer that converts source files on load, refuses checkpoints that do not fit a model
+and keeps the class names they carry (``class_names``).
 """
-from . import convert  # noqa: F401  (fills core.FORMATS in detection order)

@@ -1,22 +1,22 @@
 """The machinery shared by every checkpoint converter (pure functions, no file I/O).
 
-``FORMATS`` maps each source format to the key patterns that identify its state dict, the source
-keys it drops and its converter; ``hila_d2.checkpoint.convert`` fills it in detection order.
-A converter takes the state dict from ``source_state_dict``, renames its keys with
-``rename_keys`` into the names of a detectron2 model (``backbone.…``, ``sem_seg_head.…``), reads
-every size off the tensors, builds the expected model on the meta device and returns
-``fitted_result``: a ``ConversionResult``, or a ValueError for any key or shape that does not fit.
+``Format`` describes one source format: the key patterns that identify its state dict, the source
+keys it drops and its converter; ``hila_d2.checkpoint.convert`` holds the table of them
+(``FORMATS``, in detection order) and detects a checkpoint's format once. A converter takes that
+``Format`` and the checkpoint's tensor state dict, renames its keys with ``rename_keys`` into the
+names of a detectron2 model (``backbone.…``, ``sem_seg_head.…``), reads every size off the
+tensors, builds the expected model on the meta device and returns ``fitted_result``: a
+``ConversionResult``, or a ValueError for any key or shape that does not fit.
 """
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 __all__ = [
-    "FORMATS",
     "PREDICTOR",
     "ConversionResult",
     "Format",
@@ -24,11 +24,13 @@ __all__ = [
     "Renames",
     "check_keys",
     "compile_renames",
-    "detect_format",
+    "examples",
     "fitted_result",
+    "quoted",
     "rename_by",
     "rename_keys",
-    "source_state_dict",
+    "require_tensors",
+    "state_dict_of",
     "state_shapes",
 ]
 
@@ -86,28 +88,36 @@ class KeyReport:
     mismatched: List[str]
 
 
-class Format(NamedTuple):
-    """How to recognise and convert one source format."""
+@dataclass(frozen=True)
+class Format:
+    """How to recognise and convert one source format.
 
-    markers: Tuple[str, ...]  # patterns (fnmatch, * = anything), each matching some key
-    dropped: str  # regular expression fully matching the source keys deliberately left out
-    convert: Callable[..., ConversionResult]
+    ``name``: its ``SUPPORTED_FORMATS`` name; ``markers``: patterns (fnmatch, ``*`` = anything),
+    each matching some key of its state dicts; ``dropped``: a regular expression fully matching
+    the source keys deliberately left out; ``converter(format, state_dict, **options)``: its
+    family's converter, given this Format and the checkpoint's tensor state dict;
+    ``resizes_window``: whether the converter takes ``window_size`` (Swin ImageNet files).
+    """
+
+    name: str
+    markers: Tuple[str, ...]
+    dropped: str
+    converter: Callable[..., ConversionResult]
+    resizes_window: bool = False
+
+    def matches(self, keys: Sequence[str]) -> bool:
+        """Whether each marker matches one of ``keys`` (the string keys of a state dict)."""
+        return all(any(fnmatchcase(key, marker) for key in keys) for marker in self.markers)
 
 
-# format -> how to recognise and convert it; keys are those of the state dict after unwrapping
-# ``{"state_dict": ...}`` or ``{"model": ...}``. Filled by ``hila_d2.checkpoint.convert``; the
-# first format whose markers all match wins, so each HILA format precedes the plain format its
-# files also match.
-FORMATS: Dict[str, Format] = {}
-
-
-def _examples(items: Sequence[str], limit: int = 8) -> str:
+def examples(items: Sequence[str], limit: int = 8) -> str:
     """The first ``limit`` items and how many more there are."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _quoted(keys) -> List[str]:
+def quoted(keys) -> List[str]:
+    """``repr`` of each of ``keys``."""
     return [repr(key) for key in keys]
 
 
@@ -121,57 +131,22 @@ def state_dict_of(obj: Any) -> Any:
     return obj
 
 
-def _require_tensors(state_dict: Mapping[str, Any]) -> None:
+def require_tensors(state_dict: Mapping[str, Any]) -> None:
     """ValueError naming the entries of ``state_dict`` that are not tensors."""
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(
-            f"State-dict entries that are not tensors: {_examples(_quoted(not_tensors))}"
+            f"State-dict entries that are not tensors: {examples(quoted(not_tensors))}"
         )
 
 
-def detect_format(obj: Any) -> str:
-    """Name of the first ``SUPPORTED_FORMATS`` entry each of whose marker patterns (``*``: any
-    characters) matches a key of ``obj`` (a loaded checkpoint or its state dict); ValueError
-    naming some of its keys when no format matches."""
-    state_dict = state_dict_of(obj)
-    if isinstance(state_dict, Mapping):
-        keys = [key for key in state_dict if isinstance(key, str)]
-        for name, source in FORMATS.items():
-            if all(any(fnmatchcase(key, marker) for key in keys) for marker in source.markers):
-                return name
-        found = f"a dict with {len(state_dict)} key(s): {_examples(_quoted(state_dict), 5)}"
-    else:
-        found = f"a {type(obj).__name__}, not a dict"
-    supported = "; ".join(
-        f"{name} (keys {_examples(_quoted(source.markers))})" for name, source in FORMATS.items()
-    )
-    raise ValueError(
-        f"Unknown checkpoint layout: found {found}. Supported formats (* matches anything): "
-        f"{supported}"
-    )
-
-
-def source_state_dict(
-    checkpoint: Any, converter: Callable[..., ConversionResult]
-) -> Tuple[str, Mapping[str, torch.Tensor]]:
-    """(format, tensor state dict) of ``checkpoint``; ValueError unless ``converter`` handles it."""
-    source_format = detect_format(checkpoint)
-    if FORMATS[source_format].convert is not converter:
-        handled = ", ".join(n for n, s in FORMATS.items() if s.convert is converter)
-        raise ValueError(f"{converter.__name__} takes {handled} checkpoints, got {source_format}")
-    state_dict = state_dict_of(checkpoint)
-    _require_tensors(state_dict)
-    return source_format, state_dict
-
-
 def rename_keys(
-    source_format: str, state_dict: Mapping[str, torch.Tensor], rename: Callable[[str], str]
+    source: Format, state_dict: Mapping[str, torch.Tensor], rename: Callable[[str], str]
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], List[str]]:
     """(hila_d2 name -> tensor, hila_d2 name -> source key, dropped source keys): every key that
-    the format does not drop, under its ``rename``; ValueError for keys that ``rename`` places
-    nowhere ("") and for two keys with one name."""
-    dropped_keys = re.compile(FORMATS[source_format].dropped)
+    the ``source`` format does not drop, under its ``rename``; ValueError for keys that
+    ``rename`` places nowhere ("") and for two keys with one name."""
+    dropped_keys = re.compile(source.dropped)
     model: Dict[str, torch.Tensor] = {}
     source_of: Dict[str, str] = {}
     dropped, unmapped = [], []
@@ -188,8 +163,8 @@ def rename_keys(
         model[name], source_of[name] = value, key
     if unmapped:
         raise ValueError(
-            f"{source_format} checkpoint has keys that map to no hila_d2 parameter: "
-            f"{_examples(_quoted(sorted(unmapped)))}"
+            f"{source.name} checkpoint has keys that map to no hila_d2 parameter: "
+            f"{examples(quoted(sorted(unmapped)))}"
         )
     return model, source_of, dropped
 
@@ -211,7 +186,7 @@ def _describe(config: Mapping[str, Any]) -> str:
 
 
 def fitted_result(
-    source_format: str,
+    source: Format,
     variant: str,
     config: Dict[str, Any],
     model: Dict[str, torch.Tensor],
@@ -230,12 +205,12 @@ def fitted_result(
     ]
     if problems:
         raise ValueError(
-            f"{source_format} checkpoint does not fit the hila_d2 model of {_describe(config)}: "
-            f"unexpected keys or shapes: {_examples(problems)}"
+            f"{source.name} checkpoint does not fit the hila_d2 model of {_describe(config)}: "
+            f"unexpected keys or shapes: {examples(problems)}"
         )
     return ConversionResult(
         model=model,
-        source_format=source_format,
+        source_format=source.name,
         variant=variant,
         dropped=sorted(dropped),
         missing=report.missing,

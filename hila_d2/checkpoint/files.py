@@ -23,7 +23,7 @@ import torch
 
 from ..modeling.backbone.mit import MIT_NUM_HEADS, MIT_SR_RATIOS, MIT_VARIANTS
 from .convert import convert_checkpoint, detect_format
-from .core import ConversionResult, state_dict_of
+from .core import ConversionResult, Format, state_dict_of
 
 __all__ = [
     "CLASS_NAMES",
@@ -207,17 +207,23 @@ def _file_window(obj: Any) -> Optional[int]:
     return None
 
 
-def convert_source(source: SourceFile, window_size: Optional[int] = None) -> ConversionResult:
+def convert_source(
+    source: SourceFile,
+    window_size: Optional[int] = None,
+    source_format: Optional[Format] = None,
+) -> ConversionResult:
     """``convert_checkpoint`` of a read file, checked against its ``config.json`` (transformers
-    and timm formats); ValueError messages name the file."""
+    and timm formats); ValueError messages name the file. ``source_format``: the file's
+    ``detect_format``, detected here unless the caller passes it."""
     try:
-        source_format = detect_format(source.obj)
-        result = convert_checkpoint(source.obj, window_size=window_size)
+        if source_format is None:
+            source_format = detect_format(source.obj)
+        result = convert_checkpoint(source.obj, window_size, source_format)
         if source.config is not None:
             where = f"{source.config_path!r}"
-            if source_format.startswith("hf_"):
+            if source_format.name.startswith("hf_"):
                 result.labels = _check_hf_segformer_config(result, source.config, where)
-            elif source_format.startswith("timm_"):
+            elif source_format.name.startswith("timm_"):
                 _check_timm_config(result, source.config, where, _file_window(source.obj))
     except ValueError as error:
         raise ValueError(f"{source.path!r}: {error}") from None

@@ -1,14 +1,14 @@
 """Official HAT-Net v2.0 ImageNet checkpoints (``HAT-Net_{Tiny,Small,Medium,Large}.pth``) ->
 hila_d2 ``HATNet`` names (docs/design/hatnet.md §5)."""
 import re
-from typing import Any, Dict, Mapping, Tuple
+from typing import Dict, Mapping, Tuple
 
 import torch
 
 from ..modeling.backbone.hatnet import HATNET_EXPANSIONS, HATNET_VARIANTS, HATNet
-from .core import ConversionResult, fitted_result, rename_keys, source_state_dict, state_shapes
+from .core import ConversionResult, Format, fitted_result, rename_keys, state_shapes
 
-__all__ = ["HATNET_DROPPED", "convert_hatnet", "hatnet_shapes", "infer_hatnet_variant"]
+__all__ = ["HATNET_DROPPED", "convert_hatnet_state_dict", "hatnet_shapes", "infer_hatnet_variant"]
 
 HATNET_DROPPED = r"(module\.)?classifier\..*"  # the ImageNet classifier
 _DATA_PARALLEL = "module."  # prefix of checkpoints saved from a DistributedDataParallel model
@@ -45,7 +45,8 @@ def infer_hatnet_variant(model: Mapping[str, torch.Tensor]) -> str:
         if all(tuple(spec[k]) == v for k, v in found.items()) and expansions == HATNET_EXPANSIONS:
             return variant
     known = "; ".join(
-        f"{v}: " + ", ".join(f"{k} {tuple(s[k])}" for k in found) for v, s in HATNET_VARIANTS.items()
+        f"{v}: " + ", ".join(f"{k} {tuple(s[k])}" for k in found)
+        for v, s in HATNET_VARIANTS.items()
     )
     raise ValueError(
         f"No HAT-Net variant has {', '.join(f'{k} {v}' for k, v in found.items())} and "
@@ -54,23 +55,23 @@ def infer_hatnet_variant(model: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def convert_hatnet(checkpoint: Mapping[str, Any]) -> ConversionResult:
-    """Official HAT-Net v2.0 weights -> hila_d2 ``HATNet`` names (``backbone.…``).
+def convert_hatnet_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor]
+) -> ConversionResult:
+    """Official HAT-Net v2.0 weights of the ``source`` format -> hila_d2 ``HATNet`` names
+    (``backbone.…``).
 
-    ``checkpoint``: the bare state dict, ``{"model": ...}`` or ``{"state_dict": ...}``, with or
-    without DistributedDataParallel's ``module.`` prefix. The classifier is dropped; the unused
-    ``proj_norm`` weights are kept so that the backbone loads strictly. The variant is read off
-    the tensors; source keys that map to no entry of that backbone, or to one of another shape,
-    raise a ValueError.
+    ``state_dict``: the official state dict (files hold it bare, as ``{"model": ...}`` or as
+    ``{"state_dict": ...}``), with or without DistributedDataParallel's ``module.`` prefix. The
+    classifier is dropped; the unused ``proj_norm`` weights are kept so that the backbone loads
+    strictly. The variant is read off the tensors; source keys that map to no entry of that
+    backbone, or to one of another shape, raise a ValueError.
     """
-    source_format, state_dict = source_state_dict(checkpoint, convert_hatnet)
 
     def rename(key: str) -> str:
         return "backbone." + (key[len(_DATA_PARALLEL) :] if key.startswith(_DATA_PARALLEL) else key)
 
-    model, source_of, dropped = rename_keys(source_format, state_dict, rename)
+    model, source_of, dropped = rename_keys(source, state_dict, rename)
     variant = infer_hatnet_variant(model)
     config = {"MODEL.HATNET.VARIANT": variant}
-    return fitted_result(
-        source_format, variant, config, model, hatnet_shapes(variant), source_of, dropped
-    )
+    return fitted_result(source, variant, config, model, hatnet_shapes(variant), source_of, dropped)

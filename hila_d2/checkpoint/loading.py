@@ -15,8 +15,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from .convert import SWIN_CLASSIFIER_CONVERTERS, detect_format
-from .core import FORMATS, PREDICTOR, state_dict_of
+from ..modeling.hila_encoder import init_bottom_blocks_from_lower_stage
+from .convert import detect_format
+from .core import PREDICTOR, state_dict_of
 from .files import (
     CLASS_NAMES,
     HUB_WEIGHTS,
@@ -91,6 +92,10 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     count). Names whose count is not the model's class count are a ``CheckpointError``. ``save``
     writes ``class_names`` into the checkpoints of the run, so a resumed or evaluated fine-tuned
     model keeps them. ``loaded_path``: the path given to the last ``load``.
+
+    "No HILA pretraining" (``MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE``): after loading, a HILA
+    pair's lower-level block that the checkpoint lacks starts as a copy of the lower stage's last
+    block (``init_bottom_blocks_from_lower_stage``), and its keys are no longer missing.
     """
 
     def __init__(
@@ -174,10 +179,10 @@ class ValidatingCheckpointer(DetectionCheckpointer):
                 ) from error
             return loaded  # as before: _load_model lists what does not fit
         window = None
-        if FORMATS[source_format].convert in SWIN_CLASSIFIER_CONVERTERS:
+        if source_format.resizes_window:
             window = self._model_window()
         try:
-            result = convert_source(source, window_size=window)
+            result = convert_source(source, window_size=window, source_format=source_format)
         except ValueError as error:
             raise CheckpointError(f"Cannot convert the checkpoint {error}") from error
         model = self._model_names(result.model)
@@ -217,11 +222,13 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
         try:
+            for key in init_bottom_blocks_from_lower_stage(self.model, incompatible.missing_keys):
+                incompatible.missing_keys.remove(key)
             self._check_incompatible(incompatible)
             self.class_names = self._class_names(
                 checkpoint.get(CLASS_NAMES), backup.get(PREDICTOR), incompatible.missing_keys
             )
-        except CheckpointError:
+        except ValueError:  # a CheckpointError, or a lower-level block that cannot be copied
             self.model.load_state_dict(backup)
             raise
         return incompatible  # detectron2 logs the exempt keys that did not load

@@ -12,19 +12,21 @@ from ..modeling.hila import HILASettings
 from .core import (
     PREDICTOR,
     ConversionResult,
+    Format,
     compile_renames,
+    examples,
     fitted_result,
+    quoted,
     rename_by,
     rename_keys,
-    source_state_dict,
     state_shapes,
 )
 from .hila import hila_config, hila_param_name, infer_hila_settings
 
 __all__ = [
-    "convert_hf_segformer",
-    "convert_segformer",
-    "convert_timm_pvt_v2",
+    "convert_hf_segformer_state_dict",
+    "convert_segformer_state_dict",
+    "convert_timm_pvt_v2_state_dict",
     "hf_segformer_to_official",
     "infer_mit_variant",
     "segformer_shapes",
@@ -168,18 +170,29 @@ def hf_segformer_to_official(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, 
     return official
 
 
-def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
-    """Official SegFormer or HILA-SegFormer weights -> hila_d2 SegFormer names.
+def convert_segformer_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor]
+) -> ConversionResult:
+    """Official SegFormer or HILA-SegFormer weights of the ``source`` format -> hila_d2 SegFormer
+    names.
 
-    ``checkpoint``: a bare MiT ImageNet state dict (NVlabs names; HILA's adds ``topdown``,
-    ``bottomup``, ``prevblock`` and ``prevnorm``) or a trained mmseg state dict (the same with the
-    ``backbone.`` prefix, plus ``decode_head.linear_c{1..4}|linear_fuse|linear_pred``), optionally
-    wrapped as ``{"state_dict": ...}``. Variant, depths (any, with HILA; a plain SegFormer file
-    has its variant's), HILA pairs and ratios and head sizes are read off the tensors; source keys
-    that map to no entry of that model, or to one of another shape, raise a ValueError.
+    ``state_dict``: a bare MiT ImageNet state dict (NVlabs names; HILA's adds ``topdown``,
+    ``bottomup``, ``prevblock`` and ``prevnorm``; formats ``*_imagenet``) or a trained mmseg state
+    dict (the same with the ``backbone.`` prefix, plus ``decode_head.linear_c{1..4}|linear_fuse|
+    linear_pred``). Variant, depths (any, with HILA; a plain SegFormer file has its variant's),
+    HILA pairs and ratios and head sizes are read off the tensors; source keys that map to no
+    entry of that model, or to one of another shape, raise a ValueError.
     """
-    source_format, state_dict = source_state_dict(checkpoint, convert_segformer)
-    encoder_prefix = "" if source_format.endswith("_imagenet") else "backbone."
+    encoder_prefix = "" if source.name.endswith("_imagenet") else "backbone."
+    return _convert_official_mit(source, state_dict, encoder_prefix)
+
+
+def _convert_official_mit(
+    source: Format, state_dict: Mapping[str, torch.Tensor], encoder_prefix: str
+) -> ConversionResult:
+    """``convert_segformer_state_dict`` of a state dict in the official names whose encoder keys
+    start with ``encoder_prefix`` ("" or "backbone."), in the messages of the ``source``
+    format."""
 
     def rename(key: str) -> str:
         if not key.startswith(encoder_prefix):
@@ -190,12 +203,12 @@ def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
             return "backbone." + hila_param_name(key, match, match["tag"])
         return "backbone." + _rename_mit(local)
 
-    model, source_of, dropped = rename_keys(source_format, state_dict, rename)
+    model, source_of, dropped = rename_keys(source, state_dict, rename)
     variant, depths = infer_mit_variant(model)
     variant_depths = tuple(MIT_VARIANTS[variant]["depths"])
-    if depths != variant_depths and not source_format.startswith("hila_"):
+    if depths != variant_depths and not source.name.startswith("hila_"):
         raise ValueError(
-            f"No MiT variant has depths {depths}: a {source_format} file has all the blocks of "
+            f"No MiT variant has depths {depths}: a {source.name} file has all the blocks of "
             f"its variant (MiT-{variant}: {variant_depths}), so this one is incomplete"
         )
     hila = infer_hila_settings(model)
@@ -210,7 +223,7 @@ def convert_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
         config["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = num_classes
         config["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = embed_dim
     expected = segformer_shapes(variant, depths=depths, hila=hila, **head_sizes)
-    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+    return fitted_result(source, variant, config, model, expected, source_of, dropped)
 
 
 # transformers' Segformer names as the hub's files and ``save_pretrained`` (5.23.0 included)
@@ -270,30 +283,30 @@ def _is_value(key: str) -> bool:
     return ".attention.self.value." in key or ".attention.v_proj." in key
 
 
-def _restore_names(message: str, names: Mapping[str, str], official: str, source: str) -> str:
-    """``message`` of ``convert_segformer`` with each quoted official key replaced by the source
-    key(s) it came from and the official format name by the source's."""
+def _restore_names(message: str, names: Mapping[str, str]) -> str:
+    """``message`` of ``_convert_official_mit`` with each quoted official key replaced by the
+    source key(s) it came from."""
     for name, key in names.items():
         message = message.replace(repr(name), key)
-    return message.replace(official, source)
+    return message
 
 
-def convert_hf_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
-    """transformers Segformer weights -> hila_d2 SegFormer names.
+def convert_hf_segformer_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor]
+) -> ConversionResult:
+    """transformers Segformer weights of the ``source`` format -> hila_d2 SegFormer names.
 
-    ``checkpoint``: the state dict of a ``SegformerModel`` (``encoder.…``, as nvidia/mit-b*),
+    ``state_dict``: the state dict of a ``SegformerModel`` (``encoder.…``, as nvidia/mit-b*),
     ``SegformerForImageClassification`` (``segformer.encoder.…`` + ``classifier.*``, dropped) or
     ``SegformerForSemanticSegmentation`` (``segformer.encoder.…`` + ``decode_head.linear_c.{i}|
     linear_fuse|batch_norm|classifier``, -> ``SegFormerHead``), in the names of the hub's files and
     of ``save_pretrained`` (format ``hf_segformer``) or in transformers 5.x's in-memory names
     (``stages.{i}.…``, format ``hf_segformer_v5``, e.g. a ``torch.save(model.state_dict())``).
-    The names go to the official layouts and through ``convert_segformer``; its report and errors
-    name the source keys. Keys that map to nothing raise a ValueError, as does a K without its V.
+    The names go to the official layouts and through ``convert_segformer_state_dict``'s
+    conversion; its report and errors name the source keys. Keys that map to nothing raise a
+    ValueError, as does a K without its V.
     """
-    from .core import FORMATS, _examples, _quoted
-
-    source_format, state_dict = source_state_dict(checkpoint, convert_hf_segformer)
-    dropped_keys = re.compile(FORMATS[source_format].dropped)
+    dropped_keys = re.compile(source.dropped)
     dropped = sorted(k for k in state_dict if dropped_keys.fullmatch(k))
     with_head = any(k.startswith("decode_head.") for k in state_dict)
     official: Dict[str, torch.Tensor] = {}
@@ -303,7 +316,7 @@ def convert_hf_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
     for key, value in state_dict.items():
         if key in dropped:
             continue
-        if source_format == "hf_segformer":
+        if source.name == "hf_segformer":
             name = rename_by(_HF_ON_DISK, key)
         else:
             name = _hf_v5_official_name(key)
@@ -320,31 +333,31 @@ def convert_hf_segformer(checkpoint: Mapping[str, Any]) -> ConversionResult:
         official[name], names[name] = value, repr(key)
     if unmapped:
         raise ValueError(
-            f"{source_format} checkpoint has keys that map to no hila_d2 parameter: "
-            f"{_examples(_quoted(sorted(unmapped)))}"
+            f"{source.name} checkpoint has keys that map to no hila_d2 parameter: "
+            f"{examples(quoted(sorted(unmapped)))}"
         )
     for name, parts in kv.items():
         if set(parts) != {False, True}:
             (key, _), = parts.values()
             raise ValueError(
-                f"{source_format} checkpoint has {key!r} without its "
+                f"{source.name} checkpoint has {key!r} without its "
                 f"{'key' if _is_value(key) else 'value'} projection: K and V form {name!r}"
             )
         official[name] = torch.cat([parts[False][1], parts[True][1]])
         names[name] = f"{parts[False][0]!r} + {parts[True][0]!r}"
-    inner_format = "segformer_trained" if with_head else "segformer_imagenet"
     try:
-        result = convert_segformer({"state_dict": official} if with_head else official)
+        result = _convert_official_mit(source, official, "backbone." if with_head else "")
     except ValueError as error:
-        raise ValueError(
-            _restore_names(str(error), names, inner_format, source_format)
-        ) from None
-    result.source_format, result.dropped = source_format, dropped
+        raise ValueError(_restore_names(str(error), names)) from None
+    result.dropped = dropped
     return result
 
 
-def convert_timm_pvt_v2(checkpoint: Mapping[str, Any]) -> ConversionResult:
-    """timm ``pvt_v2_b*`` weights -> hila_d2 MiT names, where the file is a MiT.
+def convert_timm_pvt_v2_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor]
+) -> ConversionResult:
+    """timm ``pvt_v2_b*`` weights of the ``source`` format -> hila_d2 MiT names, where the file
+    is a MiT.
 
     hila_d2's MiT is timm's ``PyramidVisionTransformerV2``, so the names are kept and only the
     classifier ``head.*`` is dropped. timm's pretrained ``pvt_v2_b0..b5`` are PVTv2, not MiT: MLP
@@ -352,10 +365,7 @@ def convert_timm_pvt_v2(checkpoint: Mapping[str, Any]) -> ConversionResult:
     to 7x7 and reduces with a 1x1 ``sr`` in every stage, the last one included. Both raise a
     ValueError saying so; a pvt_v2 file with MiT's ratios and reductions converts.
     """
-    source_format, state_dict = source_state_dict(checkpoint, convert_timm_pvt_v2)
-    model, source_of, dropped = rename_keys(
-        source_format, state_dict, lambda key: "backbone." + key
-    )
+    model, source_of, dropped = rename_keys(source, state_dict, lambda key: "backbone." + key)
     ratios = []
     for stage in range(4):
         fc1 = model.get(f"backbone.stages.{stage}.blocks.0.mlp.fc1.weight")
@@ -369,13 +379,13 @@ def convert_timm_pvt_v2(checkpoint: Mapping[str, Any]) -> ConversionResult:
     ]
     if any(size == (1, 1) for _, size in sr) or any(stage == 3 for stage, _ in sr):
         raise ValueError(
-            f"{source_format} checkpoint is the linear-attention PVTv2 (pvt_v2_*_li: a 1x1 "
+            f"{source.name} checkpoint is the linear-attention PVTv2 (pvt_v2_*_li: a 1x1 "
             f"attn.sr in stages {[s for s, _ in sr]}), not a MiT: MiT reduces with strided "
             "convolutions (sr ratios 8, 4, 2) in stages 0..2 and none in stage 3"
         )
     if any(ratio != 4 for ratio in ratios):
         raise ValueError(
-            f"{source_format} checkpoint has MLP ratios {tuple(ratios)} (mlp.fc1 rows / width "
+            f"{source.name} checkpoint has MLP ratios {tuple(ratios)} (mlp.fc1 rows / width "
             "per stage): it is a PVTv2 (timm's pvt_v2_b* have (8, 8, 4, 4)), not a MiT, whose "
             "ratio is 4 in every stage; use the MiT weights (mit_b*.pth or nvidia/mit-b*)"
         )
@@ -387,4 +397,4 @@ def convert_timm_pvt_v2(checkpoint: Mapping[str, Any]) -> ConversionResult:
         )
     config: Dict[str, Any] = {"MODEL.MIT.VARIANT": variant}
     expected = segformer_shapes(variant)
-    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+    return fitted_result(source, variant, config, model, expected, source_of, dropped)

@@ -2,7 +2,7 @@
 names."""
 import math
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -15,20 +15,20 @@ from ..modeling.hila import HILASettings, pair_tag
 from .core import (
     PREDICTOR,
     ConversionResult,
+    Format,
     compile_renames,
     fitted_result,
     rename_by,
     rename_keys,
-    source_state_dict,
     state_shapes,
 )
 from .hila import hila_config, hila_param_name, infer_hila_settings
 
 __all__ = [
     "SWIN_BUFFERS",
-    "convert_hila_swin",
-    "convert_swin",
-    "convert_timm_swin",
+    "convert_hila_swin_state_dict",
+    "convert_swin_state_dict",
+    "convert_timm_swin_state_dict",
     "infer_swin_variant",
     "swin_shapes",
     "upernet_shapes",
@@ -168,24 +168,28 @@ def _fit_window(
 
 
 def _convert_swin_classifier_file(
-    checkpoint: Mapping[str, Any], converter, rename, window_size: Optional[int]
+    source: Format,
+    state_dict: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str],
+    window_size: Optional[int],
 ) -> ConversionResult:
-    source_format, state_dict = source_state_dict(checkpoint, converter)
-    model, source_of, dropped = rename_keys(source_format, state_dict, rename)
+    """The Swin backbone of an ImageNet classifier file under ``rename``, its relative position
+    tables resized to ``window_size`` (None: the file's own window)."""
+    model, source_of, dropped = rename_keys(source, state_dict, rename)
     variant = infer_swin_variant(model)
     window_size = _fit_window(model, window_size)
     config = {"MODEL.HILA_D2_SWIN.VARIANT": variant, "MODEL.HILA_D2_SWIN.WINDOW_SIZE": window_size}
     expected = swin_shapes(variant, window_size)
-    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+    return fitted_result(source, variant, config, model, expected, source_of, dropped)
 
 
-def convert_swin(
-    checkpoint: Mapping[str, Any], window_size: Optional[int] = None
+def convert_swin_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor], window_size: Optional[int] = None
 ) -> ConversionResult:
-    """Official Swin ImageNet weights (ImageNet-1k or -22k, 224/window 7 or 384/window 12) ->
-    hila_d2 ``SwinTransformerBackbone`` names.
+    """Official Swin ImageNet weights (ImageNet-1k or -22k, 224/window 7 or 384/window 12) of the
+    ``source`` format -> hila_d2 ``SwinTransformerBackbone`` names.
 
-    ``checkpoint``: Microsoft's ``{"model": state_dict}`` (or the bare state dict). Each
+    ``state_dict``: Microsoft's state dict (files hold ``{"model": state_dict}``). Each
     ``layers.{s}.downsample`` moves to stage s + 1 (timm's layout); the buffers
     ``relative_position_index`` and ``attn_mask``, the classifier ``head.*`` (1000 or 21841
     classes) and its final ``norm.*`` are dropped; the variant is inferred from the shapes.
@@ -195,24 +199,24 @@ def convert_swin(
     no entry of the backbone, or to one of another shape, raise a ValueError.
     """
     return _convert_swin_classifier_file(
-        checkpoint, convert_swin, lambda key: "backbone." + _rename_swin(key), window_size
+        source, state_dict, lambda key: "backbone." + _rename_swin(key), window_size
     )
 
 
-def convert_timm_swin(
-    checkpoint: Mapping[str, Any], window_size: Optional[int] = None
+def convert_timm_swin_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor], window_size: Optional[int] = None
 ) -> ConversionResult:
-    """timm's Swin weights (``swin_{tiny,small,base,large}_patch4_window{7,12}_{224,384}``, as
-    timm's hub stores them: ``model.safetensors`` / ``pytorch_model.bin``) -> hila_d2
-    ``SwinTransformerBackbone`` names.
+    """timm's Swin weights of the ``source`` format
+    (``swin_{tiny,small,base,large}_patch4_window{7,12}_{224,384}``, as timm's hub stores them:
+    ``model.safetensors`` / ``pytorch_model.bin``) -> hila_d2 ``SwinTransformerBackbone`` names.
 
     hila_d2's Swin is timm's ``SwinTransformer``, so the names are kept (patch merging already at
     the start of stages 1..3); the final ``norm.*`` and the classifier ``head.fc.*`` (1000 or
     21841 classes) are dropped, as are the buffers ``relative_position_index`` and ``attn_mask``
-    should a file hold them. ``window_size`` as in ``convert_swin``.
+    should a file hold them. ``window_size`` as in ``convert_swin_state_dict``.
     """
     return _convert_swin_classifier_file(
-        checkpoint, convert_timm_swin, lambda key: "backbone." + key, window_size
+        source, state_dict, lambda key: "backbone." + key, window_size
     )
 
 
@@ -259,10 +263,13 @@ def _rename_hila_swin(key: str) -> str:
     return "backbone." + _rename_swin(local)
 
 
-def convert_hila_swin(checkpoint: Mapping[str, Any]) -> ConversionResult:
-    """Official trained HILA-Swin UperNet weights -> hila_d2 Swin + UPerNetHead names.
+def convert_hila_swin_state_dict(
+    source: Format, state_dict: Mapping[str, torch.Tensor]
+) -> ConversionResult:
+    """Official trained HILA-Swin UperNet weights of the ``source`` format -> hila_d2 Swin +
+    UPerNetHead names.
 
-    ``checkpoint``: an mmseg ``{"state_dict": ...}`` (or the bare state dict) with ``backbone.`` +
+    ``state_dict``: an mmseg state dict (files hold ``{"state_dict": ...}``) with ``backbone.`` +
     Swin segmentation names, ``backbone.layers.{i}.{top_down,bottom_up,bottom_sa.0,bottom_norm}``
     of each pair (-> ``backbone.hila.{i}{i+1}.{top_down,bottom_up,bottom_block,bottom_norm}``),
     ``decode_head.*`` (UPerHead) and ``auxiliary_head.*`` (FCNHead). The buffers
@@ -273,8 +280,7 @@ def convert_hila_swin(checkpoint: Mapping[str, Any]) -> ConversionResult:
     read off the tensors; source keys that map to no entry of that model, or to one of another
     shape, raise a ValueError.
     """
-    source_format, state_dict = source_state_dict(checkpoint, convert_hila_swin)
-    model, source_of, dropped = rename_keys(source_format, state_dict, _rename_hila_swin)
+    model, source_of, dropped = rename_keys(source, state_dict, _rename_hila_swin)
     variant = infer_swin_variant(model)
     window_size = _swin_window_size(_swin_tables(model))
     hila = infer_hila_settings(model)
@@ -289,4 +295,4 @@ def convert_hila_swin(checkpoint: Mapping[str, Any]) -> ConversionResult:
         head_shapes, head_config = _upernet_fit(model, variant)
         expected.update(head_shapes)
         config.update(head_config)
-    return fitted_result(source_format, variant, config, model, expected, source_of, dropped)
+    return fitted_result(source, variant, config, model, expected, source_of, dropped)

@@ -1,6 +1,6 @@
 """hila_d2's first formulation of HILA's inter-level attention, kept as the reference that the
-current one (``hila_d2.modeling.hila``) must equal, for the equivalence tests and the benchmark's
-"before" rows. Not used by any model.
+current one (``hila_d2.modeling.hila_attention``) must equal, for the equivalence tests and the
+benchmark's "before" rows. Not used by any model.
 
 It unfolds the lower keys and values 16 ways (``F.unfold``, a tensor 4x the lower map) for
 Bottom-Up and gathers 4 candidates per child for Top-Down, then runs one (1 x d) @ (d x n) matmul
@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.hila import (
+from ..modeling.hila_attention import (
     PATCH,
     PATCH_POSITIONS,
     BottomUpAttention,
-    HILAPair,
     TopDownAttention,
     candidate_parents,
 )
+from ..modeling.hila_pair import HILAPair
 
 __all__ = ["reference_bottom_up", "reference_formulation", "reference_top_down"]
 

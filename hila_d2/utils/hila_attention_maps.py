@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.hila import PATCH, candidate_parents, pair_tag
+from ..modeling.hila import pair_tag
+from ..modeling.hila_attention import PATCH, candidate_parents
+from .drawing import MIN_DRAW_SIZE, drawing_size, enlarge_image, enlarge_labels
 
 __all__ = [
     "HILAAssignments",
@@ -232,16 +234,24 @@ def patch_footprint(token: Grid, stage: int) -> Tuple[int, int, int, int]:
 
 
 def render_map(
-    image: np.ndarray, level_map: torch.Tensor, stride: int, footprint: Tuple[int, int, int, int]
+    image: np.ndarray,
+    level_map: torch.Tensor,
+    stride: int,
+    footprint: Tuple[int, int, int, int],
+    min_draw_size: int = MIN_DRAW_SIZE,
 ) -> np.ndarray:
-    """Blend a stage's map over the image and outline a footprint box in blue.
+    """Blend a stage's map over the image and outline a footprint box in blue, drawn enlarged
+    where the image is small.
 
     The (h, w) map is upsampled by nearest neighbour (each token paints its S x S cell, S =
-    ``stride``), cropped to the image (the network input's padding is dropped), normalised to
-    its maximum over the image, coloured with OpenCV's jet colormap and blended 50% over the
-    image; then ``footprint`` (x0, y0, x1, y1), end exclusive, is drawn 2 px wide in blue.
+    ``stride``), cropped to the image (the network input's padding is dropped) and normalised to
+    its maximum over the image. Image and map are enlarged to (H', W') = ``drawing_size((H, W),
+    min_draw_size)`` (``hila_d2.utils.drawing``: the image by cubic interpolation, the map by
+    nearest neighbour), the map coloured with OpenCV's jet colormap and blended 50% over the
+    image; then ``footprint`` (x0, y0, x1, y1) in image pixels, end exclusive, scaled to the
+    drawing, is drawn 2 px wide in blue.
 
-    image (H, W, 3) uint8 BGR with H <= h * S and W <= w * S -> (H, W, 3) uint8 BGR.
+    image (H, W, 3) uint8 BGR with H <= h * S and W <= w * S -> (H', W', 3) uint8 BGR.
     """
     height, width = image.shape[:2]
     if level_map.shape[0] * stride < height or level_map.shape[1] * stride < width:
@@ -252,9 +262,14 @@ def render_map(
     values = level_map.detach().float().cpu()
     values = values.repeat_interleave(stride, 0).repeat_interleave(stride, 1)[:height, :width]
     peak = float(values.max())
-    scaled = (values / peak if peak > 0 else values).numpy()
+    size = drawing_size((height, width), min_draw_size)
+    scaled = enlarge_labels(values / peak if peak > 0 else values, size).numpy()
     heat = cv2.applyColorMap(np.round(255 * scaled).astype(np.uint8), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(np.ascontiguousarray(image), 0.5, heat, 0.5, 0.0)
+    shown = np.ascontiguousarray(enlarge_image(image, size))
+    out = cv2.addWeighted(shown, 0.5, heat, 0.5, 0.0)
     x0, y0, x1, y1 = footprint
-    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), color=(255, 0, 0), thickness=2)
+    x_scale, y_scale = size[1] / width, size[0] / height
+    top_left = (round(x0 * x_scale), round(y0 * y_scale))
+    bottom_right = (round(x1 * x_scale) - 1, round(y1 * y_scale) - 1)
+    cv2.rectangle(out, top_left, bottom_right, color=(255, 0, 0), thickness=2)
     return out

@@ -1,5 +1,5 @@
 """Time, memory and fvcore FLOPs of one step (a forward, or a training step) on CPU or CUDA, and
-the Markdown tables the benchmark tools print (``tools/benchmark*.py``)."""
+the one Markdown table printer of the tools (``tools/benchmark.py``, ``tools/analyze_model.py``)."""
 import math
 import os
 import platform
@@ -15,6 +15,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 __all__ = [
+    "MIB",
     "BackboneOutputs",
     "device_name",
     "fvcore_gflops",
@@ -25,6 +26,8 @@ __all__ = [
     "sdpa_flop_jit",
     "step_ms",
 ]
+
+MIB = 2**20  # bytes
 
 
 class BackboneOutputs(nn.Module):

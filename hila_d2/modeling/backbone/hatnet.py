@@ -14,11 +14,11 @@ divisible by G is zero-padded per window after the qkv projection, padded keys a
 global keys pool in ceil mode (``MODEL.HATNET.POOL_CEIL_MODE``), so a border window averages its
 valid pixels. At divisible sizes neither changes anything.
 
-With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``
-(tag "12", "23", "34"), as in MiT: the pair's lower tokens are the lower stage's last block
-output, the next stage's downsampling reads them before the pair updates them, the extra
-lower-level block is a HAT-Net block of the lower stage (its expansion and kernel, no drop path),
-and the pair's ``bottom_norm``-ed lower tokens replace the lower stage's output.
+With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
+``hila_d2.modeling.hila_encoder.HILAPairs``), as in MiT: the pair's lower tokens are the lower
+stage's last block output, the next stage's downsampling reads them before the pair updates them,
+the extra lower-level block is a HAT-Net block of the lower stage (its expansion and kernel, no drop
+path), and the pair's ``bottom_norm``-ed lower tokens replace the lower stage's output.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -30,7 +30,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
+from ..hila import HILASettings
+from ..hila_encoder import HILAPairs, apply_channels_first
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
@@ -241,17 +242,12 @@ class HATNetBlock(nn.Module):
         return x + self.drop_path(self.conv(x))
 
 
-def _channels_last(function, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW ``function`` to channels-last tokens (B, H, W, C) -> (B, H, W, C)."""
-    return function(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
 class HATNetLowerBlock(HATNetBlock):
     """A HAT-Net block used as a HILA pair's extra lower-level block: ``forward(x (B, H, W, C),
     use_index)``; every use is the same block."""
 
     def forward(self, x: torch.Tensor, use_index: int) -> torch.Tensor:
-        return _channels_last(super().forward, x)
+        return apply_channels_first(super().forward, x)
 
 
 class Downsample(nn.Module):
@@ -353,7 +349,6 @@ class HATNet(PyramidBackbone):
             )
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"MODEL.HATNET.FROZEN_STAGES must be in -1..4, got {frozen_stages}")
-        hila.check(num_stages=len(STAGE_NAMES))
         if hila.stages and hila.bottom_mlp_ratio != HILASettings.bottom_mlp_ratio:
             raise ValueError(
                 "MODEL.HILA.BOTTOM_MLP_RATIO does not apply to HAT-Net: its HILA lower-level "
@@ -400,24 +395,16 @@ class HATNet(PyramidBackbone):
         for i in range(1, len(STAGE_NAMES)):
             self.add_module(f"ds{i + 1}", Downsample(dims[i - 1], dims[i]))
         self.apply(init_hatnet_weights)
-        attach_hila_pairs(
-            self,
-            hila,
-            lambda top: self._build_hila_pair(top, hila),
-            lambda top: f"blocks.{top - 2}.{depths[top - 2] - 1}",
-        )
+        self.hila = HILAPairs(hila, dims, self.blocks, self._build_lower_block, channels_first=True)
         self._keep_only(plan_encoder(depths, out_features, hila))
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
-    def _build_hila_pair(self, top: int, hila: HILASettings) -> HILAPair:
-        """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""
-        lower = self._block_args[top - 2]
-        bottom_block = HATNetLowerBlock(**lower)
+    def _build_lower_block(self, top: int) -> HATNetLowerBlock:
+        """The extra lower-level block of the HILA pair whose upper stage is ``top`` (1-based)."""
+        bottom_block = HATNetLowerBlock(**self._block_args[top - 2])
         bottom_block.apply(init_hatnet_weights)
-        return HILAPair.from_settings(
-            hila, top, lower["dim"], self._block_args[top - 1]["dim"], bottom_block
-        )
+        return bottom_block
 
     def _drop_unplanned(self, plan: EncoderPlan) -> None:
         for i in range(plan.num_stages, len(self.blocks)):
@@ -474,16 +461,7 @@ class HATNet(PyramidBackbone):
         for i, stage in enumerate(self.blocks):
             if i:
                 tokens = getattr(self, f"ds{i + 1}")(outputs[-1])
-            tag = pair_tag(i + 1)
-            if tag in self.hila:
-                blocks = [lambda t, block=block: _channels_last(block, t) for block in stage]
-                top, bottom = self.hila[tag](
-                    tokens.permute(0, 2, 3, 1), outputs[-1].permute(0, 2, 3, 1), blocks
-                )
-                tokens, outputs[-1] = top.permute(0, 3, 1, 2), bottom.permute(0, 3, 1, 2)
-            else:
-                for block in stage:
-                    tokens = block(tokens)
+            tokens = self.hila.run_stage(i + 1, stage, tokens, outputs)
             outputs.append(tokens)
         return {
             name: out.contiguous()

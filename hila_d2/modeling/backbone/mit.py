@@ -7,11 +7,11 @@ spatial-reduction norms). Parameter names are timm's (``patch_embed``, ``stages.
 ``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); ``hila_d2.checkpoint`` maps official
 SegFormer files onto them.
 
-With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``
-(tag "12", "23", "34"), as in the official HILA-SegFormer: the pair's lower tokens are the lower
-stage's output after its norm, the upper stage's patch embedding reads that output before the
-pair updates it, the extra lower-level block is a MiT block of the lower stage (LayerNorm eps
-1e-5, no drop path), and the updated lower tokens, normalised once by the pair's
+With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
+``hila_d2.modeling.hila_encoder.HILAPairs``), as in the official HILA-SegFormer: the pair's lower
+tokens are the lower stage's output after its norm, the upper stage's patch embedding reads that
+output before the pair updates it, the extra lower-level block is a MiT block of the lower stage
+(LayerNorm eps 1e-5, no drop path), and the updated lower tokens, normalised once by the pair's
 ``bottom_norm``, replace the lower stage's output.
 """
 from functools import partial
@@ -24,7 +24,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, attach_hila_pairs, pair_tag
+from ..hila import HILASettings
+from ..hila_encoder import HILAPairs
 from ..mix_ffn import use_channels_last_depthwise
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
@@ -100,7 +101,6 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
         depths = tuple(depths or spec["depths"])
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"MODEL.MIT.DEPTHS needs 4 entries >= 1, got {list(depths)}")
-        hila.check(num_stages=4)
         super().__init__(
             in_chans=in_chans,
             num_classes=0,
@@ -115,11 +115,11 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
         self.variant = variant
         self._out_features = list(out_features)
         self._out_feature_channels = dict(zip(STAGE_NAMES, spec["embed_dims"]))
-        attach_hila_pairs(
-            self,
+        self.hila = HILAPairs(
             hila,
-            lambda top: self._build_hila_pair(top, hila),
-            lambda top: f"stages.{top - 2}.blocks.{depths[top - 2] - 1}",
+            spec["embed_dims"],
+            [stage.blocks for stage in self.stages],
+            partial(self._build_lower_block, hila=hila),
         )
         self._keep_only(plan_encoder(depths, out_features, hila))
         use_channels_last_depthwise(self)
@@ -131,12 +131,11 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             if not tokens_used:
                 stage.norm = None
 
-    def _build_hila_pair(self, top: int, hila: HILASettings) -> HILAPair:
-        """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""
+    def _build_lower_block(self, top: int, hila: HILASettings) -> MiTLowerBlock:
+        """The extra lower-level block of the HILA pair whose upper stage is ``top`` (1-based)."""
         lower = top - 2  # 0-based index of the lower stage
-        bottom_dim, top_dim = MIT_VARIANTS[self.variant]["embed_dims"][lower : lower + 2]
         bottom_block = MiTLowerBlock(
-            dim=bottom_dim,
+            dim=MIT_VARIANTS[self.variant]["embed_dims"][lower],
             num_heads=MIT_NUM_HEADS[lower],
             sr_ratio=MIT_SR_RATIOS[lower],
             mlp_ratio=hila.bottom_mlp_ratio,
@@ -144,7 +143,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             norm_layer=nn.LayerNorm,  # eps 1e-5, as the official HILA modules
         )
         bottom_block.apply(self._init_weights)
-        return HILAPair.from_settings(hila, top, bottom_dim, top_dim, bottom_block)
+        return bottom_block
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -166,12 +165,7 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             if stage.downsample is not None:
                 tokens = stage.downsample(outputs[-1].permute(0, 3, 1, 2).contiguous())
             blocks = [partial(_channels_last_block, block) for block in stage.blocks]
-            tag = pair_tag(index + 1)
-            if tag in self.hila:
-                tokens, outputs[-1] = self.hila[tag](tokens, outputs[-1], blocks)
-            else:
-                for block in blocks:
-                    tokens = block(tokens)
+            tokens = self.hila.run_stage(index + 1, blocks, tokens, outputs)
             outputs.append(tokens if stage.norm is None else stage.norm(tokens))
         return {
             name: out.permute(0, 3, 1, 2).contiguous()

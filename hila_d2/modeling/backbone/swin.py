@@ -8,18 +8,18 @@ stage. Parameter names are timm's (``patch_embed``, ``layers.{i}.downsample`` fo
 ``layers.{i}.blocks.{j}``) plus ``norm{i}``; ``hila_d2.checkpoint`` maps official
 ImageNet files onto them.
 
-With ``MODEL.HILA.STAGES`` set, the pairs of ``hila_d2.modeling.hila`` live in ``hila.{tag}``
-(tag "12", "23", "34"), following the official HILA-Swin (docs/design/hila.md §4.2): the pair's
-lower tokens are the lower stage's raw block output (before any norm), the upper stage's patch
-merging reads them before the pair updates them, the extra lower-level block is a Swin block of the
-lower stage used alternately without and with the shift (shift 0 on its even uses, counted from 0 in
-every forward pass: the official block toggles a persistent shift instead), every HILA part has the
-drop-path rate of the upper stage's first block, and the pair's ``bottom_norm``-ed lower tokens
-are the lower stage's output, which therefore has no ``norm{i}``. In parity mode ``bottom_norm``
-runs after every upper block not followed by Top-Down, as the official code; in clean mode once.
-Unlike the official code, a stage whose upper neighbour has no pair keeps its ``norm{i}`` output
-(the official code returns it un-normalised when another stage has HILA, docs/design/hila.md §11
-P10).
+With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
+``hila_d2.modeling.hila_encoder.HILAPairs``), following the official HILA-Swin (docs/design/hila.md
+§4.2): the pair's lower tokens are the lower stage's raw block output (before any norm), the upper
+stage's patch merging reads them before the pair updates them, the extra lower-level block is a Swin
+block of the lower stage used alternately without and with the shift (shift 0 on its even uses,
+counted from 0 in every forward pass: the official block toggles a persistent shift instead), every
+HILA part has the drop-path rate of the upper stage's first block, and the pair's ``bottom_norm``-ed
+lower tokens are the lower stage's output, which therefore has no ``norm{i}``. In parity mode
+``bottom_norm`` runs after every upper block not followed by Top-Down, as the official code; in
+clean mode once. Unlike the official code, a stage whose upper neighbour has no pair keeps its
+``norm{i}`` output (the official code returns it un-normalised when another stage has HILA,
+docs/design/hila.md §11 P10).
 """
 
 from functools import partial
@@ -39,7 +39,9 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from ..hila import HILAPair, HILASettings, attach_hila_pairs, init_hila_weights, pair_tag
+from ..hila import HILASettings
+from ..hila_blocks import init_hila_weights
+from ..hila_encoder import HILAPairs
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
@@ -168,7 +170,6 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
         if window_size < 1:
             raise ValueError(f"MODEL.HILA_D2_SWIN.WINDOW_SIZE must be a positive int, got {window_size}")
         check_out_features(out_features, "MODEL.HILA_D2_SWIN.OUT_FEATURES")
-        hila.check(num_stages=len(STAGE_NAMES))
         spec = variant_spec(SWIN_VARIANTS, variant, "Swin", "MODEL.HILA_D2_SWIN.VARIANT")
         super().__init__(
             in_chans=in_chans,
@@ -197,12 +198,20 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             if i not in below_a_pair:
                 self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self._out_feature_channels = dict(zip(STAGE_NAMES, dims))
-        attach_hila_pairs(
-            self,
+        # every HILA part of a pair has the drop-path rate of its upper stage's first block
+        drop_paths = [
+            getattr(stage.blocks[0].drop_path1, "drop_prob", 0.0)  # nn.Identity at rate 0
+            for stage in self.layers
+        ]
+        self.hila = HILAPairs(
             hila,
-            lambda top: self._build_hila_pair(top, dims, window_size, hila),
-            lambda top: f"layers.{top - 2}.blocks.{spec['depths'][top - 2] - 1}",
-        )
+            dims,
+            [stage.blocks for stage in self.layers],
+            partial(self._build_lower_block, dims=dims, window=window_size, hila=hila,
+                    drop_paths=drop_paths),
+            drop_paths=drop_paths,
+            norm_every_step=hila.parity_mode,
+        )  # fmt: skip
         self._keep_only(
             plan_encoder(spec["depths"], out_features, hila, norm_every_step=hila.parity_mode)
         )
@@ -215,35 +224,31 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
             if name not in self._out_features and hasattr(self, f"norm{i}"):
                 delattr(self, f"norm{i}")
 
-    def _build_hila_pair(
-        self, top: int, dims: Sequence[int], window_size: int, hila: HILASettings
-    ) -> HILAPair:
-        """The HILA pair of upper stage ``top`` (1-based) and the stage below it."""
+    def _build_lower_block(
+        self,
+        top: int,
+        dims: Sequence[int],
+        window: int,
+        hila: HILASettings,
+        drop_paths: Sequence[float],
+    ) -> SwinLowerBlock:
+        """The extra lower-level block of the HILA pair whose upper stage is ``top`` (1-based),
+        with the drop-path rate ``drop_paths[top - 1]``."""
         lower = top - 2  # 0-based index of the lower stage
-        drop_path = self.layers[lower + 1].blocks[0].drop_path1
-        drop_path = getattr(drop_path, "drop_prob", 0.0)  # nn.Identity when the rate is 0
         bottom_block = SwinLowerBlock(
             dim=dims[lower],
-            input_resolution=(window_size, window_size),
+            input_resolution=(window, window),
             num_heads=SWIN_VARIANTS[self.variant]["num_heads"][lower],
-            window_size=window_size,
-            shift_size=window_size // 2,
+            window_size=window,
+            shift_size=window // 2,
             always_partition=True,
             dynamic_mask=True,
             mlp_ratio=hila.bottom_mlp_ratio,
             qkv_bias=True,
-            drop_path=drop_path,
+            drop_path=drop_paths[top - 1],
         )
         bottom_block.apply(init_hila_weights)
-        return HILAPair.from_settings(
-            hila,
-            top,
-            dims[lower],
-            dims[lower + 1],
-            bottom_block,
-            drop_path=drop_path,
-            norm_every_step=hila.parity_mode,
-        )
+        return bottom_block
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -263,12 +268,7 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
         tokens = self.patch_embed(x)  # (B, ceil(H/4), ceil(W/4), C)
         for i, stage in enumerate(self.layers):
             tokens = stage.downsample(tokens)  # patch merging (i > 0) of the raw lower tokens
-            tag = pair_tag(i + 1)
-            if tag in self.hila:
-                tokens, stages[-1] = self.hila[tag](tokens, stages[-1], stage.blocks)
-            else:
-                for block in stage.blocks:
-                    tokens = block(tokens)
+            tokens = self.hila.run_stage(i + 1, stage.blocks, tokens, stages)
             stages.append(tokens)
         outputs = {}
         for i, (name, tokens) in enumerate(zip(STAGE_NAMES, stages)):

@@ -1,13 +1,9 @@
-#!/usr/bin/env python
-"""What HILA costs on top of its plain encoder: fvcore FLOPs, inference latency, training-step
-time and peak memory, as ratios HILA / plain beside the FLOP ratio and the targets, for the
-current formulation of the inter-level attention, the reference (first) formulation
-(``hila_d2.testing.hila_reference``), opt-in activation checkpointing (``MODEL.HILA.CHECKPOINT``)
-and, with ``--compile``, ``torch.compile``; one Markdown table, then notes.
-
-    python tools/benchmark_hila_cost.py                         # the five cases, 512x512, 2 threads
-    python tools/benchmark_hila_cost.py --cases mit-b0-s3 --size 256 256 --repeats 3
-    python tools/benchmark_hila_cost.py --cases mit-b0-s3 --profile 12   # per-op tables as well
+"""``tools/benchmark.py hila-cost``: what HILA costs on top of its plain encoder: fvcore FLOPs,
+inference latency, training-step time and peak memory, as ratios HILA / plain beside the FLOP
+ratio and the targets, for the current formulation of the inter-level attention, the reference
+(first) formulation (``hila_d2.testing.hila_reference``), opt-in activation checkpointing
+(``MODEL.HILA.CHECKPOINT``) and, with ``--compile``, ``torch.compile``; one Markdown table,
+then notes.
 
 The models compared in one case are timed interleaved (one step of each in turn, ``--repeats``
 rounds, median), so that machine noise hits them alike. The encoders are built from the shipped
@@ -19,11 +15,9 @@ FLOP ratio, and <= 1.5 for the S3 cases; MiT-B1 + S3 at most 0.8 x plain MiT-B2'
 checked on CPU, fp32, batch 1. On CUDA the same table uses synchronized timings and
 ``max_memory_allocated``.
 """
-import argparse
 import contextlib
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -31,9 +25,9 @@ from detectron2.modeling import build_backbone
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-import hila_d2
-from hila_d2.testing.hila_reference import reference_formulation
-from hila_d2.utils.profiling import (
+from ...testing.hila_reference import reference_formulation
+from ..profiling import (
+    MIB,
     BackboneOutputs,
     device_name,
     fvcore_gflops,
@@ -41,11 +35,12 @@ from hila_d2.utils.profiling import (
     markdown_table,
     peak_step_memory,
 )
+from .configs import benchmark_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+__all__ = ["CASES", "run"]
+
 ADE = "ade20k/semantic-segmentation"
 BUILTIN = "builtin/semantic-segmentation"
-MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ def _plain_run(module: nn.Module) -> contextlib.nullcontext:
 
 def build_encoder(config: str, device: str, opts: Sequence[str] = ()) -> nn.Module:
     """The backbone of ``configs/<config>`` (then ``opts``), seeded, on ``device``."""
-    cfg = hila_d2.load_config(str(CONFIGS / config), ["MODEL.DEVICE", device, *opts])
+    cfg = benchmark_config(f"configs/{config}", ["MODEL.DEVICE", device, *opts])
     torch.manual_seed(0)
     return build_backbone(cfg).to(device)
 
@@ -302,29 +297,9 @@ def notes(args, device: torch.device, b2_ratio: Optional[float]) -> List[str]:
     return lines
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1, help="images per step")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds (median)")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
-    parser.add_argument(
-        "--profile", type=int, default=0, metavar="N",
-        help="also print HILA's N most costly ops over the plain encoder, per case (CPU)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda, but CUDA is not available; use --device cpu")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def run(args) -> None:
+    """Measure the cases of ``args.cases`` and print the table, its notes and, with
+    ``args.profile``, the per-op tables."""
     device = torch.device(args.device)
     images = torch.randn(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0))
     images = images.to(device)
@@ -345,7 +320,3 @@ def main(argv=None) -> None:
         print(f"- {line}")
     for section in profiles:
         print(f"\n{section}")
-
-
-if __name__ == "__main__":
-    main()

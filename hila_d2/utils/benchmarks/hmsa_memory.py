@@ -1,47 +1,36 @@
-#!/usr/bin/env python
-"""Peak memory and time of one training step: hierarchical multi-scale attention trained on two
-scales (0.5, 1.0) versus explicit scale attention trained on every inference scale (0.5, 1.0,
-2.0), same model, crop and batch, printed as a Markdown table with their ratio (docs/design/hmsa.md
-§4.4).
+"""``tools/benchmark.py hmsa-memory``: peak memory and time of one training step: hierarchical
+multi-scale attention trained on two scales (0.5, 1.0) versus explicit scale attention trained
+on every inference scale (0.5, 1.0, 2.0), same model, crop (``--size``) and batch, printed as a
+Markdown table with their ratio (docs/design/hmsa.md §4.4).
 
-    python tools/benchmark_hmsa.py                                  # MiT-B0, 256x256, batch 2
-    python tools/benchmark_hmsa.py --config-file configs/cityscapes/semantic-segmentation/hmsa/\
-hmsa_segformer_mit_b1_bs8_160k.yaml --crop 1024 1024 --batch 1 --device cuda
-
-The explicit baseline (Chen et al., "Attention to Scale", 2016; docs/design/hmsa.md §2.4) lives here
-only: every scale's penultimate head features, resized to the 1.0 feature grid and concatenated, go
-through a 3x3 conv (512) -> ReLU -> 1x1 conv to one weight per scale, softmax over the scales,
-which blends the scales' logits at 1.0. Both variants share the HMSA model's backbone and head.
+The explicit baseline (Chen et al., "Attention to Scale", 2016; docs/design/hmsa.md §2.4) lives
+here only: every scale's penultimate head features, resized to the 1.0 feature grid and
+concatenated, go through a 3x3 conv (512) -> ReLU -> 1x1 conv to one weight per scale, softmax
+over the scales, which blends the scales' logits at 1.0. Both variants share the HMSA model's
+backbone and head.
 
 Peak memory is the growth of allocated tensor memory during one step (forward, backward, SGD
 update) over what was allocated before it (weights, momentum, inputs): CUDA's
 max_memory_allocated on a GPU, the CPU allocator's events recorded by torch.profiler on CPU.
 """
-
-import argparse
-import os
 import platform
-import sys
 from typing import Callable, Dict, List, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import detectron2
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+from torch import nn
 
-import detectron2  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from torch import nn  # noqa: E402
+from ...modeling import HierarchicalMultiScaleSegmentor
+from ...modeling.losses import semantic_segmentation_loss
+from ...modeling.meta_arch.hmsa import check_scales
+from ..profiling import MIB, markdown_table, median_step_ms, peak_step_memory
+from .configs import benchmark_config
 
-import hila_d2  # noqa: E402
-from hila_d2.modeling import HierarchicalMultiScaleSegmentor  # noqa: E402
-from hila_d2.modeling.losses import semantic_segmentation_loss  # noqa: E402
-from hila_d2.modeling.meta_arch.hmsa import check_scales  # noqa: E402
-from hila_d2.utils.profiling import markdown_table, median_step_ms, peak_step_memory  # noqa: E402
+__all__ = ["DEFAULT_CONFIG", "ExplicitScaleAttention", "run"]
 
 DEFAULT_CONFIG = "configs/builtin/semantic-segmentation/hmsa_segformer_mit_b0.yaml"
-MIB = 2**20
 
 
 class ExplicitScaleAttention(nn.Module):
@@ -96,12 +85,7 @@ class ExplicitScaleAttention(nn.Module):
 
 def build_segmentor(args) -> HierarchicalMultiScaleSegmentor:
     """The config's HMSA model in training mode on ``args.device`` (BatchNorm for SyncBN)."""
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, args.config_file))
-    cfg.merge_from_list(["MODEL.DEVICE", args.device, *args.opts])
-    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
-        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg = benchmark_config(args.config_file, ["MODEL.DEVICE", args.device, *args.opts])
     if cfg.MODEL.META_ARCHITECTURE != "HierarchicalMultiScaleSegmentor":
         raise ValueError(
             f"{args.config_file} builds {cfg.MODEL.META_ARCHITECTURE}; pass an HMSA config "
@@ -130,7 +114,7 @@ def measure(module: nn.Module, loss_fn: Callable, images, targets, args) -> Tupl
     for _ in range(args.warmup):
         step()
     peak = peak_step_memory(step, images.device) / MIB
-    return peak, median_step_ms(step, images.device, args.iterations)
+    return peak, median_step_ms(step, images.device, args.repeats)
 
 
 def table(rows: List[List[str]]) -> str:
@@ -146,61 +130,23 @@ def table(rows: List[List[str]]) -> str:
     return markdown_table(header, rows)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--config-file", default=DEFAULT_CONFIG, help="an HMSA config (relative to the repository)"
-    )
-    parser.add_argument(
-        "--crop", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="training crop"
-    )
-    parser.add_argument("--batch", type=int, default=2, help="images per step")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--iterations", type=int, default=3, help="timed steps (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before measuring")
-    parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads on CPU"
-    )
-    parser.add_argument(
-        "--explicit-scales",
-        type=float,
-        nargs="+",
-        default=(0.5, 1.0, 2.0),
-        help="scales of the explicit baseline",
-    )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE pairs"
-    )
-    args = parser.parse_args(argv)
-    if (
-        min(args.crop) <= 0
-        or args.batch < 1
-        or args.iterations < 1
-        or args.warmup < 1
-        or args.threads < 1
-    ):
-        parser.error("--crop, --batch, --iterations, --warmup and --threads must be positive")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def run(args) -> None:
+    """Measure both variants on the HMSA model of ``args.config_file`` and print the report."""
     model = build_segmentor(args)
     device = model.device
     divisor = model.backbone.size_divisibility or 1
     scales = sorted(set(model.train_scales) | set(args.explicit_scales))
-    if any((s * c) % divisor for s in scales for c in args.crop):
+    if any((s * c) % divisor for s in scales for c in args.size):
         raise ValueError(
-            f"--crop {args.crop[0]} {args.crop[1]}: every scale in {scales} must map it to a "
+            f"--size {args.size[0]} {args.size[1]}: every scale in {scales} must map it to a "
             f"multiple of the backbone's size divisibility {divisor} (no padding, so both variants "
             "see the same pixels); e.g. multiples of 64 for scales 0.5-2.0"
         )
     explicit = ExplicitScaleAttention(model, args.explicit_scales).to(device).train()
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, *args.crop, generator=generator).to(device)
+    images = torch.randn(args.batch, 3, *args.size, generator=generator).to(device)
     classes = model.sem_seg_head.predictor.out_channels
-    targets = torch.randint(0, classes, (args.batch, *args.crop), generator=generator).to(device)
+    targets = torch.randint(0, classes, (args.batch, *args.size), generator=generator).to(device)
 
     results = {
         "hierarchical": measure(model, model.losses, images, targets, args),
@@ -234,7 +180,7 @@ def report(args, model, explicit: ExplicitScaleAttention, results) -> List[str]:
     else:
         where = f"device: cpu, torch threads: {torch.get_num_threads()}"
         memory_method = "CPU allocator events recorded by torch.profiler"
-    height, width = args.crop
+    height, width = args.size
     return [
         f"### HMSA training step, `{args.config_file}`, batch {args.batch}, crop {height}×{width}",
         "",
@@ -242,15 +188,11 @@ def report(args, model, explicit: ExplicitScaleAttention, results) -> List[str]:
         f"Python {platform.python_version()}; {where}",
         f"- one step: forward, loss, backward, SGD update on the same random batch; peak memory: "
         f"growth of allocated tensor memory during the step ({memory_method}); step time: median "
-        f"of {args.iterations} step(s) after {args.warmup} warm-up step(s)",
+        f"of {args.repeats} step(s) after {args.warmup} warm-up step(s)",
         "",
         table(rows),
         "",
         "The paper claims roughly 4x less training memory than explicit attention, from the "
-        "pixels processed, Σ s² = 5.25 vs 1.25 (docs/design/hmsa.md §4.4); the weights' gradients and other "
-        "fixed costs do not grow with the pixels, so small crops measure a lower ratio.",
+        "pixels processed, Σ s² = 5.25 vs 1.25 (docs/design/hmsa.md §4.4); the weights' gradients "
+        "and other fixed costs do not grow with the pixels, so small crops measure a lower ratio.",
     ]
-
-
-if __name__ == "__main__":
-    main()

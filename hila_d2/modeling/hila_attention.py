@@ -1,0 +1,269 @@
+"""HILA's inter-level attention (Leung et al., 2022): the geometry of a stage pair and the two
+attention directions (docs/design/hila.md §1-§3).
+
+Two adjacent encoder stages form a pair: the lower ("bottom", children) grid ``(Hb, Wb)`` and the
+upper ("top", parents) grid ``(Ht, Wt)`` with ``Hb <= 2 * Ht <= Hb + 1`` (and the same for widths).
+Parent ``(i, j)`` owns the overlapping 4x4 patch of children at rows ``2i-1 .. 2i+2`` and columns
+``2j-1 .. 2j+2`` (stride 2, one padding child on each border), so a child has 1, 2 or 4 candidate
+parents. A child at row offset ``a`` and column offset ``b`` inside a parent's patch has patch
+index ``p = 4a + b``; a learned bias per ``p`` is added to the attention logits.
+
+* Bottom-Up (``BottomUpAttention``): every parent attends over the 16 children of its patch.
+* Top-Down (``TopDownAttention``): every child attends over its candidate parents; the softmax runs
+  over the parents ("higher levels compete for the child").
+
+Tokens are channels-last ``(B, H, W, C)``. Both softmaxes are max-subtracted and computed in
+float32, also under autocast. Cost: both directions work on views of one padded copy of their
+keys and values, never on 16-way unfolded or 4-way gathered tensors. Bottom-Up takes the 16
+per-offset views of the children on the parent grid (``patch_children``), Top-Down the 4 shifted
+views of the parents for each 2x2 sub-position of the children (``sub_position_children``);
+logits and outputs are elementwise multiply-reduces over channels (``attention_weights``,
+``weighted_sum``).
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BottomUpAttention",
+    "PATCH",
+    "PATCH_POSITIONS",
+    "SUB_POSITIONS",
+    "TopDownAttention",
+    "attention_weights",
+    "candidate_parents",
+    "interleave_sub_positions",
+    "patch_children",
+    "sub_position_children",
+    "weighted_sum",
+]
+
+PATCH = 4  # children per side of a parent's patch
+PATCH_POSITIONS = PATCH * PATCH
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a lower precision (float16, bfloat16), else unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def attention_weights(
+    q: torch.Tensor, keys: Sequence[torch.Tensor], scale: float, bias: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over n candidates of ``scale * <q, keys[i]> + bias[..., i]``.
+
+    ``q`` (..., d) and each of the n ``keys`` (broadcastable to ``q``), ``bias`` broadcastable to
+    (..., n) and -inf for masked candidates -> weights (..., n). The dot products are elementwise
+    multiply-reduces over ``d`` (no tiny matmuls), computed in at least float32 even under
+    autocast, and the softmax is max-subtracted (the official code's plain exp overflows for
+    logits > 88).
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q = _at_least_float32(q) * scale
+        logits = torch.stack([(q * _at_least_float32(k)).sum(-1) for k in keys], dim=-1)
+        return torch.softmax(logits + bias.to(logits.dtype), dim=-1)
+
+
+def _inside(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Whether each entry of ``index`` lies in [0, size)."""
+    return (index >= 0) & (index < size)
+
+
+def weighted_sum(weights: torch.Tensor, values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i weights[..., i, None] * values[i]``: weights (..., n), n values (..., d) ->
+    (..., d), in the values' dtype promoted with the weights'."""
+    out = weights[..., 0, None] * values[0]
+    for i in range(1, len(values)):
+        out = torch.addcmul(out, weights[..., i, None], values[i])
+    return out
+
+
+def patch_children(children: torch.Tensor) -> List[torch.Tensor]:
+    """The 16 children of every parent's 4x4 patch, as strided views of one padded copy.
+
+    ``children`` (B, 2Ht, 2Wt, ...) -> 16 tensors (B, Ht, Wt, ...); entry ``p = 4a + b`` holds
+    child (2i - 1 + a, 2j - 1 + b) of parent (i, j), zero outside the grid.
+    """
+    batch, height, width, *rest = children.shape
+    ht, wt = height // 2, width // 2
+    # padded by two children per side, child 2i - 1 + a sits at padded row 2i + 1 + a, that is
+    # row i + (a + 1) // 2 of the 2x2 sub-position (a + 1) % 2
+    grid = F.pad(children, (0, 0) * len(rest) + (2, 2, 2, 2))
+    grid = grid.view(batch, ht + 2, 2, wt + 2, 2, *rest)
+    return [
+        grid[:, (a + 1) // 2 : (a + 1) // 2 + ht, (a + 1) % 2,
+             (b + 1) // 2 : (b + 1) // 2 + wt, (b + 1) % 2]
+        for a in range(PATCH) for b in range(PATCH)
+    ]  # fmt: skip
+
+
+SUB_POSITIONS = ((0, 0), (0, 1), (1, 0), (1, 1))  # a child's (row, col) parity
+
+
+def sub_position_children(children: torch.Tensor) -> List[torch.Tensor]:
+    """(B, 2Ht, 2Wt, ...) -> the 4 views (B, Ht, Wt, ...) of the children at each of
+    ``SUB_POSITIONS``: entry (s, t) holds child (2m + s, 2n + t) at (m, n)."""
+    batch, height, width, *rest = children.shape
+    grid = children.view(batch, height // 2, 2, width // 2, 2, *rest)
+    return [grid[:, :, s, :, t] for s, t in SUB_POSITIONS]
+
+
+def interleave_sub_positions(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Inverse of ``sub_position_children``: 4 tensors (B, Ht, Wt, ...) -> (B, 2Ht, 2Wt, ...)."""
+    rows = [torch.stack(parts[2 * s : 2 * s + 2], dim=3) for s in range(2)]  # (B, Ht, Wt, 2, ...)
+    grid = torch.stack(rows, dim=2)  # (B, Ht, 2, Wt, 2, ...)
+    batch, ht, _, wt, _, *rest = grid.shape
+    return grid.reshape(batch, 2 * ht, 2 * wt, *rest)
+
+
+def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.Tensor, ...]:
+    """For each child index along one axis, its 2 candidate parent indices (clamped into range),
+    their patch offsets (0..3) and whether they exist: three (children, 2) tensors."""
+    child = torch.arange(children, device=device)[:, None]
+    parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
+    offset = child - (2 * parent - 1)
+    return parent.clamp(0, parents - 1), offset, _inside(parent, parents)
+
+
+class _InterLevelAttention(nn.Module):
+    """Parameters shared by both directions, in the official names.
+
+    ``q``: query_dim -> attn_dim, ``kv``: key_dim -> 2 * attn_dim (keys, then values),
+    ``proj``: attn_dim -> query_dim, and two (16,) tensors whose sum is the per-patch-position
+    logit bias (both exist so that official checkpoints load).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        attn_dim: int,
+        num_heads: int,
+        scale_dim: int,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if attn_dim % num_heads:
+            raise ValueError(
+                f"HILA attention width {attn_dim} is not divisible by {num_heads} heads "
+                "(MODEL.HILA.NUM_HEADS)"
+            )
+        self.num_heads = num_heads
+        self.attn_dim = attn_dim
+        self.scale = (scale_dim / num_heads) ** -0.5
+        self.q = nn.Linear(query_dim, attn_dim, bias=qkv_bias)
+        self.kv = nn.Linear(key_dim, 2 * attn_dim, bias=qkv_bias)
+        self.proj = nn.Linear(attn_dim, query_dim)
+        self.relative_position_init = nn.Parameter(torch.zeros(PATCH_POSITIONS))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(PATCH_POSITIONS))
+
+    def position_bias(self) -> torch.Tensor:
+        """(16,) logit bias per patch position p = 4a + b."""
+        return self.relative_position_init + self.relative_position_bias_table
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., attn_dim) -> (..., heads, attn_dim / heads)."""
+        return x.unflatten(-1, (self.num_heads, self.attn_dim // self.num_heads))
+
+
+class BottomUpAttention(_InterLevelAttention):
+    """Parents attend over the 16 children of their 4x4 patch (softmax over children).
+
+    ``forward(top (B, Ht, Wt, Ct), bottom (B, 2Ht, 2Wt, Cb), bottom_valid (2Ht, 2Wt) bool)``
+    -> (B, Ht, Wt, Ct). Both inputs are already normalised; ``bottom`` is zero where
+    ``bottom_valid`` is False (odd lower grids). With ``mask_padding`` the border padding and the
+    invalid children are excluded from the softmax; without it (the official semantics) they are
+    zero vectors whose keys and values are the ``kv`` bias.
+
+    Computed on the parent grid from the 16 per-offset views of the children
+    (``patch_children``): 16 elementwise multiply-reduces for the logits and 16 multiply-adds for
+    the output, with nothing of 16x the lower map's size materialised.
+    """
+
+    def __init__(self, *args, mask_padding: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_padding = mask_padding
+
+    def forward(
+        self, top: torch.Tensor, bottom: torch.Tensor, bottom_valid: torch.Tensor
+    ) -> torch.Tensor:
+        q = self._heads(self.q(top))  # (B, Ht, Wt, h, d)
+        # kv(child) = W child + bias. The key bias adds the same q . bias_k to all 16 logits of a
+        # parent, which the softmax cancels; the value bias adds bias_v to the output, since the
+        # weights sum to 1. So the padding children (zero vectors) are zero here, like the border.
+        kv = _at_least_float32(F.linear(bottom, self.kv.weight))
+        keys, values = (patch_children(self._heads(t)) for t in kv.chunk(2, dim=-1))
+        bias = self.position_bias()
+        if self.mask_padding:
+            valid = patch_children(bottom_valid[None, :, :, None].to(bias.dtype))
+            invalid = torch.stack(valid, dim=-1) == 0  # (1, Ht, Wt, 1, 16)
+            bias = bias.masked_fill(invalid, float("-inf"))
+        weights = attention_weights(q, keys, self.scale, bias)  # (B, Ht, Wt, h, 16)
+        out = weighted_sum(weights, values)  # (B, Ht, Wt, h, d)
+        if self.kv.bias is not None:
+            out = out + self._heads(self.kv.bias[self.attn_dim :])
+        return self.proj(out.flatten(-2).to(self.proj.weight.dtype))
+
+
+class TopDownAttention(_InterLevelAttention):
+    """Children attend over their 1, 2 or 4 candidate parents (softmax over the parents).
+
+    ``forward(top (B, Ht, Wt, Ct), bottom (B, Hc, Wc, Cb))`` with ``Hc = 2Ht``, ``Wc = 2Wt``
+    -> (B, Hc, Wc, Cb). Both inputs are already normalised. The candidates of child (r, c) are
+    ordered (row 0, col 0), (row 0, col 1), (row 1, col 0), (row 1, col 1) of
+    ``candidate_parents``.
+
+    Computed per sub-position (s, t) of the children (``sub_position_children``): child
+    (2m + s, 2n + t) has the candidate parents (m + s + d - 1, n + t + e - 1), d, e in {0, 1},
+    at patch offsets (3 - s - 2d, 3 - t - 2e): four shifted views of the padded parent grid.
+    """
+
+    def _sub_position_weights(
+        self, top: torch.Tensor, bottom: torch.Tensor
+    ) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Per sub-position (s, t): the weights (B, Ht, Wt, h, 4) of the children there over
+        their candidates, and the candidates' values, 4 views (B, Ht, Wt, h, d)."""
+        ht, wt = top.shape[1:3]
+        queries = sub_position_children(self._heads(self.q(bottom)))
+        kv = F.pad(_at_least_float32(self.kv(top)), (0, 0, 1, 1, 1, 1))  # (B, Ht+2, Wt+2, 2A)
+        keys, values = (self._heads(t) for t in kv.chunk(2, dim=-1))
+        position = self.position_bias()
+        rows, cols = (torch.arange(n, device=top.device) for n in (ht, wt))
+        per_sub_position = []
+        for q, (s, t) in zip(queries, SUB_POSITIONS):
+            # candidate (d, e): the padded parent grid shifted by (u, v) = (s + d, t + e), that is
+            # parent (m + u - 1, n + v - 1), patch offset (3 + s - 2u, 3 + t - 2v)
+            shifts = [(s + d, t + e) for d in range(2) for e in range(2)]
+            bias = torch.stack(
+                [
+                    position[PATCH * (3 + s - 2 * u) + 3 + t - 2 * v].masked_fill(
+                        ~(_inside(rows + u - 1, ht)[:, None] & _inside(cols + v - 1, wt)),
+                        float("-inf"),
+                    )
+                    for u, v in shifts
+                ],
+                dim=-1,
+            )  # (Ht, Wt, 4)
+            windows = [(u, u + ht, v, v + wt) for u, v in shifts]
+            weights = attention_weights(
+                q, [keys[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows], self.scale,
+                bias[:, :, None],
+            )  # fmt: skip
+            candidates = [values[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows]
+            per_sub_position.append((weights, candidates))
+        return per_sub_position
+
+    def assignment(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """How much each child is assigned to each of its candidate parents: (B, Hc, Wc, h, 4),
+        summing to 1 over the last axis (0 for candidates outside the grid)."""
+        return interleave_sub_positions(
+            [weights for weights, _ in self._sub_position_weights(top, bottom)]
+        )
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        out = interleave_sub_positions(
+            [weighted_sum(w, values) for w, values in self._sub_position_weights(top, bottom)]
+        )  # (B, Hc, Wc, h, d)
+        return self.proj(out.flatten(-2).to(self.proj.weight.dtype))

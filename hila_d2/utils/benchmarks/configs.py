@@ -1,0 +1,38 @@
+"""The project's config files as the benchmarks and the analysis tool read them: a path given
+relative to the repository works from any directory, SyncBN (which needs GPUs and a process
+group) becomes BatchNorm."""
+from pathlib import Path
+from typing import Sequence
+
+from detectron2.config import CfgNode
+
+from ...config import load_config
+
+__all__ = ["REPOSITORY", "benchmark_config", "project_file"]
+
+# the checkout hila_d2 is installed from (editable, by scripts/setup.sh): configs/ lives there
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def project_file(path: str) -> str:
+    """``path`` when it exists (absolute or relative to the working directory), else the file of
+    that path in the repository; FileNotFoundError naming both when neither exists."""
+    if Path(path).exists():
+        return path
+    in_repository = REPOSITORY / path
+    if in_repository.exists():
+        return str(in_repository)
+    raise FileNotFoundError(
+        f"{path!r} is neither a file nor a file under the repository {REPOSITORY}; pass a config "
+        "path such as configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
+    )
+
+
+def benchmark_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """``hila_d2.load_config`` of ``project_file(config_file)`` and the ``KEY VALUE`` pairs of
+    ``opts``, with ``MODEL.SEM_SEG_HEAD.NORM`` BN where the config asks for SyncBN."""
+    path = project_file(config_file)
+    cfg = load_config(path, opts)
+    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
+        cfg = load_config(path, [*opts, "MODEL.SEM_SEG_HEAD.NORM", "BN"])
+    return cfg

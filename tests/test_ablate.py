@@ -1,0 +1,199 @@
+"""tools/ablate.py: the table's statistics for known numbers, refusal of a run directory trained
+with another config, finished runs skipped and interrupted ones resumed (the launcher replaced
+by a stand-in), and, slow, real train_net.py runs that a rerun neither repeats nor restarts."""
+import json
+from pathlib import Path
+
+import pytest
+from project_config import load_script
+
+ablate = load_script("tools/ablate.py")
+
+PLAIN = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
+HILA = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
+HILA_S23 = ["MODEL.HILA.STAGES=[2,3]"]
+
+
+def plan(output_dir: Path, *variants, seeds=(1, 2, 3), opts=()):
+    """The runs of ``variants`` (``(NAME, CONFIG, *overrides)``) under ``output_dir``."""
+    parsed = [ablate.Variant.parse(words) for words in variants]
+    return ablate.plan_runs(parsed, list(seeds), list(opts), 1.0, output_dir)
+
+
+def write_finished(run, miou: float, mbf: float, seconds: float = 10.0, params: int = 3_720_000):
+    """A record of ``run`` as if it had trained to these numbers."""
+    record = run.new_record()
+    record.update(finished=True, mIoU=miou, mBF=mbf, train_seconds=seconds, params=params)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    run.write_record(record)
+
+
+def table_rows(output: str):
+    """{variant: [cells]} of the Markdown table at the start of ``output``."""
+    rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("|")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[2:]}
+
+
+def test_table_of_known_numbers(tmp_path, capsys):
+    runs = plan(tmp_path, ("plain", PLAIN), ("hila", HILA), ("s23", HILA, *HILA_S23))
+    numbers = {  # mIoU, mBF per seed; s23 finished one seed of three
+        "plain": [(20, 40), (22, 41), (24, 42)],
+        "hila": [(25, 41), (26, 42), (27, 40)],
+        "s23": [(30, 50)],
+    }
+    for run in runs:
+        seeds = numbers[run.variant.name]
+        if run.seed <= len(seeds):
+            write_finished(run, *seeds[run.seed - 1], seconds=10.0 * run.seed)
+    ablate.main([
+        "--output-dir", str(tmp_path), "--seeds", "1", "2", "3", "--table-only",
+        "--variant", "plain", PLAIN, "--variant", "hila", HILA, "--variant", "s23", HILA, *HILA_S23,
+    ])  # fmt: skip
+    rows = table_rows(capsys.readouterr().out)
+    # seeds, mIoU, mBF, Δ mIoU, > spread, Δ mBF, > spread, seconds, params (M)
+    assert rows["plain"] == [
+        "3/3", "22.00 ± 2.00", "41.00 ± 1.00", "baseline", "", "baseline", "", "20", "3.72",
+    ]  # fmt: skip
+    # |+4| > max(2, 1) exceeds the spread; a difference of 0 does not
+    assert rows["hila"] == [
+        "3/3", "26.00 ± 1.00", "41.00 ± 1.00", "+4.00", "yes", "+0.00", "no", "20", "3.72",
+    ]  # fmt: skip
+    assert rows["s23"] == ["1/3", "30.00", "50.00", "+8.00", "n/a", "+9.00", "n/a", "10", "3.72"]
+
+
+def test_compare_exceeds_only_beyond_the_larger_std():
+    assert ablate.compare([25, 26, 27], [20, 22, 24]) == (4.0, True)
+    assert ablate.compare([23, 24, 25], [20, 22, 24]) == (2.0, False)  # |Δ| = 2 = max std
+    assert ablate.compare([21], [20, 22, 24]) == (-1.0, None)
+    assert ablate.compare([], [20, 22]) == (None, None)
+    assert ablate.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(1.2909944))
+
+
+def test_schedule_scale_multiplies_the_solver_iterations(tmp_path):
+    (run,) = plan(tmp_path, ("plain", PLAIN), seeds=(1,), opts=("SOLVER.STEPS", "(300, 400)"))
+    assert ablate.scaled_schedule(run.cfg, 4) == [
+        "SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1200, 1600)",
+        "SOLVER.WARMUP_ITERS", "160", "SOLVER.CHECKPOINT_PERIOD", "800",
+    ]  # fmt: skip
+    assert ablate.scaled_schedule(run.cfg, 1) == []
+    with pytest.raises(ValueError, match="--schedule-scale must be > 0"):
+        ablate.scaled_schedule(run.cfg, 0)
+
+
+def test_run_directory_of_another_config_is_refused(tmp_path):
+    (recorded,) = plan(tmp_path, ("hila", HILA), seeds=(1,))
+    write_finished(recorded, 20, 40)
+    (requested,) = plan(tmp_path, ("hila", HILA, *HILA_S23), seeds=(1,))
+    stages_differ = r"MODEL\.HILA\.STAGES: recorded \[3\], requested \[2, 3\]"
+    with pytest.raises(ValueError, match=stages_differ):
+        requested.check_recorded_config(requested.load_record())
+    (other_file,) = plan(tmp_path, ("hila", PLAIN, "MODEL.HILA.STAGES=[3]"), seeds=(1,))
+    with pytest.raises(ValueError, match="config file: recorded .*hila_mit_b0_s3.yaml"):
+        other_file.check_recorded_config(other_file.load_record())
+    # without its record, the config.yaml that train_net.py wrote is compared
+    recorded.record_path.unlink()
+    (recorded.output_dir / "config.yaml").write_text(recorded.cfg.dump())
+    recorded.check_recorded_config(None)
+    with pytest.raises(ValueError, match=r"MODEL\.HILA\.STAGES"):
+        requested.check_recorded_config(None)
+
+
+def test_bad_variants_and_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        ablate.Variant.parse(["hila", HILA, "MODEL.HILA.STAGES"])
+    with pytest.raises(ValueError, match="which ablate.py sets for each run"):
+        ablate.Variant.parse(["hila", HILA, "SEED=3"])
+    with pytest.raises(ValueError, match="does not exist"):
+        ablate.Variant.parse(["hila", "configs/none.yaml"])
+    with pytest.raises(ValueError, match="must be unique"):
+        plan(tmp_path, ("a", PLAIN), ("a", HILA))
+    with pytest.raises(ValueError, match="same one dataset"):
+        plan(tmp_path, ("a", PLAIN), opts=("DATASETS.TEST", "('a', 'b')"))
+
+
+class CountingLauncher:
+    """Stands in for train_net.py: records (run, resume) and writes the metrics of a finished
+    evaluation."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, run, resume, progress):
+        self.launches.append((run.name, resume))
+        metrics = {ablate.MIOU_KEY: 30.0, ablate.MBF_KEY: 50.0, "iteration": 500}
+        (run.output_dir / "metrics.json").write_text(json.dumps(metrics) + "\n")
+
+
+def test_finished_runs_are_skipped_interrupted_ones_resumed(tmp_path, monkeypatch):
+    runs = plan(tmp_path, ("plain", PLAIN))
+    finished, interrupted, _ = runs
+    write_finished(finished, 20, 40)
+    record = interrupted.new_record()
+    record["train_seconds"] = 100.0
+    interrupted.output_dir.mkdir(parents=True)
+    interrupted.write_record(record)
+    (interrupted.output_dir / "last_checkpoint").write_text("model_0000199.pth")
+    launcher = CountingLauncher()
+    monkeypatch.setattr(ablate, "launch_train_net", launcher)
+
+    ablate.train_all(runs)
+    assert launcher.launches == [("plain/seed2", True), ("plain/seed3", False)]
+    resumed = interrupted.load_record()
+    assert resumed["finished"] and resumed["mIoU"] == 30.0 and resumed["mBF"] == 50.0
+    assert resumed["train_seconds"] > 100.0  # the interrupted attempt's time is kept
+    assert resumed["params"] == ablate.parameter_count(interrupted.cfg) > 3_000_000
+    assert finished.load_record()["mIoU"] == 20  # not retrained
+
+    ablate.train_all(runs)
+    assert len(launcher.launches) == 2
+
+
+@pytest.mark.slow
+def test_rerun_trains_nothing_and_resumes_a_run_from_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """2 variants x 2 seeds of 6 iterations (checkpoints at 2 and 5), evaluated at 32x32."""
+    tiny = [
+        "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3",
+        "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "32",
+    ]  # fmt: skip
+    argv = [
+        "--output-dir", str(tmp_path), "--seeds", "1", "2",
+        "--variant", "plain", PLAIN, "--variant", "hila", HILA, "--", *tiny,
+    ]  # fmt: skip
+    ablate.main(argv)
+    table = capsys.readouterr().out
+    paths = tmp_path.glob(f"*/*/{ablate.RECORD_FILE}")
+    records = {path.parent: json.loads(path.read_text()) for path in paths}
+    assert len(records) == 4
+    for record in records.values():
+        assert record["finished"] and record["iterations"] == 6 and record["train_seconds"] > 0
+        assert 0 <= record["mIoU"] <= 100 and 0 <= record["mBF"] <= 100
+    assert records[tmp_path / "hila/seed1"]["params"] > records[tmp_path / "plain/seed1"]["params"]
+    assert table_rows(table)["hila"][0] == "2/2"
+
+    def no_training(run, resume, progress):
+        raise AssertionError(f"{run.name} was trained again")
+
+    monkeypatch.setattr(ablate, "launch_train_net", no_training)
+    ablate.main(argv)
+    assert capsys.readouterr().out == table
+    monkeypatch.undo()
+
+    # a run whose record is lost and whose last checkpoint is iteration 2's resumes at 3
+    run_dir = tmp_path / "hila/seed2"
+    for name in (ablate.RECORD_FILE, "model_0000005.pth", "model_final.pth"):
+        (run_dir / name).unlink()
+    (run_dir / "last_checkpoint").write_text("model_0000002.pth")
+    launches = []
+    real_launcher = ablate.launch_train_net
+
+    def recording_launcher(run, resume, progress):
+        launches.append((run.name, resume))
+        real_launcher(run, resume, progress)
+
+    monkeypatch.setattr(ablate, "launch_train_net", recording_launcher)
+    ablate.main(argv)
+    assert launches == [("hila/seed2", True)]
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("Starting training from iteration") == 2
+    assert "Starting training from iteration 3" in log
+    assert json.loads((run_dir / ablate.RECORD_FILE).read_text())["finished"]

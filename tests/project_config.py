@@ -1,4 +1,5 @@
-"""Shared by the tests: the project's YAML configs, loaded for CPU runs."""
+"""Shared by the tests: the project's YAML configs loaded for CPU runs, scripts imported as
+modules, and the optimizer hyperparameters of each parameter."""
 import importlib.util
 from pathlib import Path
 
@@ -35,3 +36,12 @@ def load_script(path: str):
 def load_train_net():
     """``train_net.py`` imported as a module."""
     return load_script("train_net.py")
+
+
+def hyperparams_by_name(model, optimizer) -> dict:
+    """Trainable parameter name -> (lr, weight_decay) of its optimizer group."""
+    by_id = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            by_id[id(p)] = (group["lr"], group["weight_decay"])
+    return {name: by_id[id(p)] for name, p in model.named_parameters() if p.requires_grad}

@@ -1,7 +1,7 @@
 """Official HILA checkpoints (docs/design/hila.md §7) -> hila_d2 models, on random weights in the
 official layouts (no downloads): trained MiT-HILA SegFormers, a HILA ImageNet file, a trained
-Swin-HILA
-UperNet with ratio-4 lower-level blocks; the config they need, format detection, errors, the CLI."""
+Swin-HILA UperNet with ratio-4 lower-level blocks; the config they need, format detection,
+errors, the CLI."""
 
 import re
 

@@ -6,22 +6,13 @@ import math
 import pytest
 import torch
 from detectron2.modeling import build_model
-from project_config import load_config
+from project_config import hyperparams_by_name, load_config
 from torch import nn
 
 from hila_d2.solver import build_optimizer
 
 MIT_S3 = "configs/ade20k/semantic-segmentation/hila/hila_mit_b0_s3_160k.yaml"
 SWIN_S234 = "configs/ade20k/semantic-segmentation/swin/hila_upernet_swin_t_s234_160k.yaml"
-
-
-def hyperparams_by_name(model, optimizer):
-    """Parameter name -> (lr, weight_decay) of its optimizer group."""
-    by_id = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            by_id[id(p)] = (group["lr"], group["weight_decay"])
-    return {name: by_id[id(p)] for name, p in model.named_parameters()}
 
 
 def hila_parameters(hp):

@@ -66,8 +66,7 @@ CALL_ORDER_B2_S234 = (
 
 def test_call_order_of_the_b2_s234_configuration():
     """The observed order of the official B2(2,2,6,2)-S234 model (docs/design/hila.md §4.1), with
-    our
-    ``bottom_norm`` (the official ``prevnorm``) running right after the upper stage's loop."""
+    our ``bottom_norm`` (the official ``prevnorm``) running right after the upper stage's loop."""
     mit = MixVisionTransformer(
         variant="B2", depths=(2, 2, 6, 2), hila=HILASettings(stages=(2, 3, 4), strides=(1, 1, 3, 1))
     ).eval()

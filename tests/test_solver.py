@@ -2,21 +2,13 @@
 import pytest
 import torch
 from detectron2.modeling import build_model
-from project_config import load_config
+from project_config import hyperparams_by_name, load_config
 
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
 
 def segformer_cfg(*opts):
     return load_config("configs/ade20k/semantic-segmentation/segformer_mit_b0_bs16_160k.yaml", *opts)
-
-
-def hyperparams_by_name(model, optimizer):
-    by_id = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            by_id[id(p)] = (group["lr"], group["weight_decay"])
-    return {name: by_id[id(p)] for name, p in model.named_parameters() if p.requires_grad}
 
 
 def test_param_groups_follow_the_segformer_recipe():

@@ -264,8 +264,7 @@ class Downsample(nn.Module):
 
 def init_hatnet_weights(module: nn.Module) -> None:
     """Training from scratch (docs/design/hatnet.md §3): conv/linear weights trunc-normal(0.02),
-    biases 0, GN
-    (1, 0)."""
+    biases 0, GN (1, 0)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

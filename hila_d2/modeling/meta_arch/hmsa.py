@@ -52,10 +52,9 @@ def check_scales(key: str, scales: Sequence[float], count: int = 0) -> Tuple[flo
 
 def _fuse_pair(acc: torch.Tensor, logits: torch.Tensor, attn: torch.Tensor, scale: float):
     """One step of docs/design/hmsa.md §4.1: ``acc`` (B, K, H', W') fused from the higher scales,
-    ``logits``
-    (B, K, h, w) and ``attn`` (B, 1, h, w) of the next lower ``scale``. At or above 1.0 the
-    accumulator comes down to this scale; below it, this scale's weighted logits (multiplied
-    first, then resized) and its attention go up to the accumulator's size."""
+    ``logits`` (B, K, h, w) and ``attn`` (B, 1, h, w) of the next lower ``scale``. At or above
+    1.0 the accumulator comes down to this scale; below it, this scale's weighted logits
+    (multiplied first, then resized) and its attention go up to the accumulator's size."""
     if scale >= 1.0:
         return attn * logits + (1 - attn) * _resize(acc, logits.shape[-2:])
     size = acc.shape[-2:]

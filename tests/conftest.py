@@ -1,6 +1,6 @@
 """Fixtures shared by the tests: the project's YAML configs for CPU runs (``cpu_config``) and the
 training entry points run in a subprocess (``train_net``), which only tests marked ``slow`` may
-use."""
+use; under pytest-xdist (``-n``) each worker gets its share of the CPU threads."""
 import json
 import os
 import subprocess
@@ -10,8 +10,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import pytest
+import torch
 
 from project_config import REPO, load_config
+
+
+def pytest_configure(config):
+    """In an xdist worker, give torch (and, through OMP_NUM_THREADS, the training runs it starts)
+    ``cpu_count / workers`` threads: each worker running torch's default of one thread per core
+    would oversubscribe the machine ``workers`` times over."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def parse_final_metrics(log: str) -> Dict[str, float]:

@@ -253,9 +253,12 @@ def test_hila_pairs_trace_without_graph_breaks(name):
 
 @pytest.mark.slow
 def test_compiled_hila_encoder_gives_the_eager_output():
-    """torch.compile (inductor, CPU) of a MiT + HILA S234 encoder equals eager to 1e-5."""
+    """torch.compile (inductor, CPU) of a MiT + HILA S3 encoder equals eager to 1e-5: one pair,
+    since every pair lowers the same operations (and the S234 encoders trace as one graph
+    above), on 5 blocks, since inductor's code generation dominates the test's time."""
     torch.manual_seed(0)
-    model = _mit().eval()
+    hila = HILASettings(stages=(3,), parity_mode=True)
+    model = MixVisionTransformer(variant="B0", depths=(1, 1, 2, 1), hila=hila).eval()
     images = torch.randn(1, 3, 67, 45)
     torch._dynamo.reset()
     compiled = torch.compile(model)

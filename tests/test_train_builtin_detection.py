@@ -9,27 +9,26 @@ pytestmark = pytest.mark.slow  # every test here trains
 
 PANOPTIC = "configs/builtin/panoptic-segmentation/panoptic_fpn_mit_b0.yaml"
 INSTANCE = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"
-# The config's 400 iterations measured mask AP 11.6, PQ 14.1 on 2 CPU cores (README); the test
-# compresses the schedule (its LR step at 80%, as the config's) to SHORT_RUN, which measured mask
-# AP 2.3, PQ 3.2 and semantic mIoU 27.7 (4 classes: things + 3 textures; a uniform random
-# prediction would score about 14 with equal class areas). The untrained model (same seed): mask AP 0.0, PQ 0.3. The margins
-# are about half the measured gains.
+# The config's 400 iterations measured mask AP 11.6, PQ 14.1 on 2 CPU cores (MODEL_ZOO.md); the
+# test compresses the schedule (its LR step at 80%, as the config's) to SHORT_RUN. Two runs of it
+# measured mask AP 2.3 and 3.3, PQ 3.2 and 1.4 (the things' PQ stays 0 until a combined mask
+# overlaps its shape by IoU 0.5, so PQ moves most between runs; CPU training is not bit-exact
+# across machines and thread counts), and semantic mIoU 27.7 and 26.9 (4 classes: things + 3
+# textures; a uniform random prediction would score about 14 with equal class areas). The
+# untrained model (same config and seed, --eval-only) measured mask AP 0.0 and PQ 0.3, so it is
+# not rerun here (evaluating its 50 random detections per image costs a minute); the floors sit
+# about half the smaller measured gain above those scores.
 SHORT_RUN = ("SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(160,)")
-MIN_MASK_AP_GAIN = 1.0
-MIN_PQ_GAIN = 1.5
+UNTRAINED = {"segm/AP": 0.0, "panoptic_seg/PQ": 0.3}
+MIN_GAIN = {"segm/AP": 1.0, "panoptic_seg/PQ": 0.6}
 MIN_SEM_SEG_MIOU = 20.0
 
 
 def test_panoptic_fpn_training_lifts_mask_ap_and_pq(train_net):
-    before = train_net(PANOPTIC, flags=["--eval-only"]).final_metrics  # random init
     after = train_net(PANOPTIC, *SHORT_RUN).final_metrics
-    gains = {
-        "mask AP": ("segm/AP", MIN_MASK_AP_GAIN),
-        "PQ": ("panoptic_seg/PQ", MIN_PQ_GAIN),
-    }
-    for metric, (key, margin) in gains.items():
-        change = f"{metric}: {before[key]:.2f} -> {after[key]:.2f}"
-        assert after[key] >= before[key] + margin, change
+    for key, gain in MIN_GAIN.items():
+        floor = UNTRAINED[key] + gain
+        assert after[key] >= floor, f"{key} {after[key]:.2f} after training, below {floor}"
     assert after["sem_seg/mIoU"] > MIN_SEM_SEG_MIOU
 
 

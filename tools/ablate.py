@@ -241,6 +241,8 @@ def plan_runs(
     """Every (variant, seed) run, its config resolved and validated (so that a bad key fails
     before anything trains); all variants must test on the same one dataset."""
     check_opts(opts, "The options after --")
+    if not seeds:
+        raise ValueError("--seeds names no seed: pass at least one, e.g. --seeds 1 2 3")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds repeats a seed: {list(seeds)}")
     names = [variant.name for variant in variants]
@@ -256,8 +258,8 @@ def plan_runs(
             run_opts = [*variant_opts, "SEED", str(seed), "TEST.BOUNDARY_FSCORE.ENABLED", "True"]
             run_dir = output_dir / variant.name / f"seed{seed}"
             cfg = hila_d2.load_config(config_file, [*run_opts, "OUTPUT_DIR", str(run_dir)])
-            hila_d2.validate_config(cfg)
             runs.append(Run(variant, seed, run_dir, run_opts, cfg))
+        hila_d2.validate_config(runs[-1].cfg)  # the seeds' configs differ in no model key
     datasets = {run.cfg.DATASETS.TEST for run in runs}
     if len(datasets) != 1 or len(next(iter(datasets))) != 1:
         raise ValueError(

@@ -1,6 +1,7 @@
 """Fixtures shared by the tests: the project's YAML configs for CPU runs (``cpu_config``) and the
 training entry points run in a subprocess (``train_net``), which only tests marked ``slow`` may
-use; under pytest-xdist (``-n``) each worker gets its share of the CPU threads."""
+use; under pytest-xdist (``-n``) each worker gets its share of the CPU threads, and the files that
+train are handed out first."""
 import json
 import os
 import subprocess
@@ -24,6 +25,25 @@ def pytest_configure(config):
         threads = max(1, (os.cpu_count() or 1) // int(workers))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The test files that run a training entry point (the ``train_net`` fixture) first, then
+    the other files that hold a ``slow`` test, then the rest; each file's tests kept together
+    and in order. pytest-xdist (with pyproject's ``--dist loadfile --no-loadscope-reorder``)
+    hands out whole files in this order, so the long files start early and the short ones fill
+    in around them, instead of a long file starting last on one worker while the others idle."""
+    files: Dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def tier(name: str) -> int:
+        if any("train_net" in test.fixturenames for test in files[name]):
+            return 0
+        return 1 if any(test.get_closest_marker("slow") for test in files[name]) else 2
+
+    order = sorted(files, key=tier)  # stable: within a tier, as collected
+    items[:] = [item for name in order for item in files[name]]
 
 
 def parse_final_metrics(log: str) -> Dict[str, float]:

@@ -10,10 +10,11 @@ pytestmark = pytest.mark.slow  # every test here trains
 PANOPTIC = "configs/builtin/panoptic-segmentation/panoptic_fpn_mit_b0.yaml"
 INSTANCE = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"
 # The config's 400 iterations measured mask AP 11.6, PQ 14.1 on 2 CPU cores (MODEL_ZOO.md); the
-# test compresses the schedule (its LR step at 80%, as the config's) to SHORT_RUN. Two runs of it
-# measured mask AP 2.3 and 3.3, PQ 3.2 and 1.4 (the things' PQ stays 0 until a combined mask
-# overlaps its shape by IoU 0.5, so PQ moves most between runs; CPU training is not bit-exact
-# across machines and thread counts), and semantic mIoU 27.7 and 26.9 (4 classes: things + 3
+# test compresses the schedule (its LR step at 80%, as the config's) to SHORT_RUN. Three runs of it
+# measured mask AP 2.3, 3.3 and 2.3 (the last with 1 thread, as under `pytest -n auto` on 2
+# cores), PQ 3.2, 1.4 and 3.2 (the things' PQ stays 0 until a combined mask overlaps its shape by
+# IoU 0.5, so PQ moves most between runs; CPU training is not bit-exact across machines and
+# thread counts), and semantic mIoU 27.7, 26.9 and 27.7 (4 classes: things + 3
 # textures; a uniform random prediction would score about 14 with equal class areas). The
 # untrained model (same config and seed, --eval-only) measured mask AP 0.0 and PQ 0.3, so it is
 # not rerun here (evaluating its 50 random detections per image costs a minute); the floors sit

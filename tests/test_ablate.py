@@ -1,6 +1,7 @@
 """tools/ablate.py: the table's statistics for known numbers, refusal of a run directory trained
 with another config, finished runs skipped and interrupted ones resumed (the launcher replaced
-by a stand-in), and, slow, real train_net.py runs that a rerun neither repeats nor restarts."""
+by a stand-in), the docs tables against the committed records, and, slow, real train_net.py
+runs that a rerun neither repeats nor restarts."""
 import json
 from pathlib import Path
 
@@ -197,3 +198,36 @@ def test_rerun_trains_nothing_and_resumes_a_run_from_its_checkpoint(tmp_path, ca
     assert log.count("Starting training from iteration") == 2
     assert "Starting training from iteration 3" in log
     assert json.loads((run_dir / ablate.RECORD_FILE).read_text())["finished"]
+
+
+B1 = ["MODEL.MIT.VARIANT=B1"]
+# The measured ablations whose records results/ablation/ keeps: (directory, schedule scale,
+# variants), as the tables of docs/HILA.md give them.
+RECORDED_ABLATIONS = [
+    ("b1_1x", 1.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1)]),
+    ("b0_4x", 4.0, [("mit_b0", PLAIN), ("mit_b0_s3", HILA)]),
+    ("b1_4x", 4.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1)]),
+]
+
+
+@pytest.mark.parametrize(
+    "directory,scale,variants", RECORDED_ABLATIONS, ids=[a[0] for a in RECORDED_ABLATIONS]
+)
+def test_docs_tables_are_those_of_the_recorded_runs(directory, scale, variants, capsys):
+    """Each ablation table of docs/HILA.md is what ``--table-only`` prints from the committed
+    records (the train-time column aside, which a docs table may leave out), and the records
+    are of the configs the built-in recipe resolves to today."""
+    repo = Path(__file__).resolve().parents[1]
+    argv = ["--table-only", "--seeds", "1", "2", "3", "--schedule-scale", str(scale)]
+    argv += ["--output-dir", str(repo / "results" / "ablation" / directory)]
+    for words in variants:
+        argv += ["--variant", *words]
+    ablate.main(argv)
+    rows = table_rows(capsys.readouterr().out)
+    assert {name: cells[0] for name, cells in rows.items()} == {
+        words[0]: "3/3" for words in variants
+    }
+    docs = (repo / "docs" / "HILA.md").read_text()
+    for name, cells in rows.items():
+        row_start = " | ".join([name, *cells[:7]])
+        assert f"| {row_start} |" in docs, f"docs/HILA.md lacks the {directory} row {row_start}"

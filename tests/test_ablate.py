@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from project_config import load_script
+from project_config import REPO, load_script
 
 ablate = load_script("tools/ablate.py")
 
@@ -217,9 +217,8 @@ def test_docs_tables_are_those_of_the_recorded_runs(directory, scale, variants, 
     """Each ablation table of docs/HILA.md is what ``--table-only`` prints from the committed
     records (the train-time column aside, which a docs table may leave out), and the records
     are of the configs the built-in recipe resolves to today."""
-    repo = Path(__file__).resolve().parents[1]
     argv = ["--table-only", "--seeds", "1", "2", "3", "--schedule-scale", str(scale)]
-    argv += ["--output-dir", str(repo / "results" / "ablation" / directory)]
+    argv += ["--output-dir", str(REPO / "results" / "ablation" / directory)]
     for words in variants:
         argv += ["--variant", *words]
     ablate.main(argv)
@@ -227,7 +226,7 @@ def test_docs_tables_are_those_of_the_recorded_runs(directory, scale, variants, 
     assert {name: cells[0] for name, cells in rows.items()} == {
         words[0]: "3/3" for words in variants
     }
-    docs = (repo / "docs" / "HILA.md").read_text()
+    docs = (REPO / "docs" / "HILA.md").read_text()
     for name, cells in rows.items():
         row_start = " | ".join([name, *cells[:7]])
         assert f"| {row_start} |" in docs, f"docs/HILA.md lacks the {directory} row {row_start}"

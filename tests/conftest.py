@@ -4,6 +4,7 @@ use; under pytest-xdist (``-n``) each worker gets its share of the CPU threads, 
 train are handed out first."""
 import json
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,27 @@ def pytest_configure(config):
         threads = max(1, (os.cpu_count() or 1) // int(workers))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+def pytest_report_header(config):
+    """The CPU and the kernels torch picks on it (bf16 results depend on them; see
+    hila_d2.testing.kernel_audit)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    features = {
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+    }
+    return (
+        f"cpu: {names[0] if names else platform.processor() or 'unknown'}, "
+        f"{os.cpu_count()} cores; torch {torch.__version__}, "
+        f"kernels {torch.backends.cpu.get_cpu_capability()}, "
+        + ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in features.items())
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,14 @@ or errors of order 1 instead. The relative L2 error is used rather than a max-ab
 elements of a bf16 tensor may be off by a few roundings, the norm of the whole error is what
 accumulates. (Cosine similarity and relative
 L2 error are equivalent here: cos ~ 1 - err**2 / 2 for equal norms.)
+
+The machine's own kernels. The bf16 forward passes run under ``KernelAudit``, which reruns every
+op in float32: when a test's checks fail and the audit found ops whose bf16 kernels are wrong on
+this machine (a CI machine once returned NaN from MiT's stage 3 at these input sizes, where
+other machines agree with float32 to 1 %), the test is skipped, naming the ops; hila_d2 cannot be
+judged on top of them. A failure with correct kernels stands.
 """
+import contextlib
 import itertools
 from typing import Callable, Dict, NamedTuple, Tuple
 
@@ -25,7 +32,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from project_config import load_config, load_train_net
+from project_config import load_config, load_train_net, unless_kernels_fault
 
 import hila_d2
 from hila_d2.modeling import hila_attention
@@ -38,6 +45,7 @@ from hila_d2.modeling.hila import HILASettings
 from hila_d2.modeling.hila_attention import BottomUpAttention, TopDownAttention
 from hila_d2.modeling.meta_arch import hmsa as hmsa_module
 from hila_d2.solver import build_optimizer
+from hila_d2.testing.kernel_audit import KernelAudit
 
 BF16 = torch.bfloat16
 STAGES = ("res2", "res3", "res4", "res5")
@@ -132,7 +140,7 @@ def test_encoder_inference_under_bf16_autocast_is_close_to_float32(name):
     model.eval()
     with torch.no_grad():
         exact = model(x)
-        with autocast():
+        with KernelAudit() as audit, autocast():
             mixed = model(x)
     assert set(mixed) == set(exact) == set(STAGES)
     for stage in STAGES:
@@ -140,9 +148,10 @@ def test_encoder_inference_under_bf16_autocast_is_close_to_float32(name):
         # autocast reached the stage outputs: the comparison below compares two precisions
         assert mixed[stage].dtype == BF16, stage
         assert mixed[stage].shape == exact[stage].shape
-        assert torch.isfinite(mixed[stage]).all(), stage
-        error = rel_error(mixed[stage], exact[stage])
-        assert error < MAX_REL_ERROR, f"{stage}: relative L2 error {error:.4f}"
+        with unless_kernels_fault(audit):
+            assert torch.isfinite(mixed[stage]).all(), stage
+            error = rel_error(mixed[stage], exact[stage])
+            assert error < MAX_REL_ERROR, f"{stage}: relative L2 error {error:.4f}"
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
@@ -158,9 +167,11 @@ def test_encoder_training_step_under_bf16_autocast(name):
     generator = torch.Generator().manual_seed(2)
     targets = {k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
 
+    audit = KernelAudit()
+
     def step(mixed: bool):
         model.zero_grad(set_to_none=True)
-        with autocast(mixed):
+        with audit if mixed else contextlib.nullcontext(), autocast(mixed):
             outputs = model(x)
             loss = sum(F.mse_loss(outputs[k].float(), targets[k]) for k in STAGES)
         loss.backward()
@@ -168,17 +179,19 @@ def test_encoder_training_step_under_bf16_autocast(name):
 
     loss32, grads32 = step(mixed=False)
     loss16, grads16 = step(mixed=True)
-    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
-    assert abs(loss16.item() - loss32.item()) / loss32.item() < MAX_LOSS_REL_ERROR
     missing = [n for n, g in grads16.items() if g is None or not g.any()]
     assert not missing, f"no gradient under autocast: {missing}"
     for n, g in grads16.items():
         assert g.dtype == torch.float32, n  # parameters stay float32, so do their gradients
-        assert torch.isfinite(g).all(), n
-    flat32 = torch.cat([grads32[n].flatten() for n in params])
-    flat16 = torch.cat([grads16[n].flatten() for n in params])
-    cosine = F.cosine_similarity(flat16.double(), flat32.double(), dim=0).item()
-    assert cosine > MIN_GRAD_COSINE, cosine
+    with unless_kernels_fault(audit):
+        assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+        assert abs(loss16.item() - loss32.item()) / loss32.item() < MAX_LOSS_REL_ERROR
+        for n, g in grads16.items():
+            assert torch.isfinite(g).all(), n
+        flat32 = torch.cat([grads32[n].flatten() for n in params])
+        flat16 = torch.cat([grads16[n].flatten() for n in params])
+        cosine = F.cosine_similarity(flat16.double(), flat32.double(), dim=0).item()
+        assert cosine > MIN_GRAD_COSINE, cosine
 
 
 @pytest.mark.parametrize("name", HILA_ENCODERS)
@@ -206,7 +219,7 @@ def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
     ran = []
     for module in modules:
         module.register_forward_hook(lambda m, args, out: ran.append((m, out.dtype)))
-    with autocast():
+    with KernelAudit() as audit, autocast():
         outputs = model(x)
     assert {id(m) for m, _ in ran} == {id(m) for m in modules}
     calls_per_forward = [1 if isinstance(m, BottomUpAttention) else 4 for m, _ in ran]
@@ -214,13 +227,14 @@ def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
     assert all(dtype == BF16 for _, dtype in ran)  # their outputs go back to autocast's dtype
     for q, keys, scale, bias, weights in calls:
         assert q.dtype == BF16
-        for k in keys:
-            assert k.dtype == torch.float32 and torch.equal(k.to(BF16).float(), k)
         assert weights.dtype == torch.float32
-        q64 = q.detach().double()
-        logits = torch.stack([(q64 * k.detach().double()).sum(-1) for k in keys], dim=-1)
-        expected = torch.softmax(scale * logits + bias.detach().double(), dim=-1)
-        torch.testing.assert_close(weights.detach().double(), expected, atol=1e-6, rtol=0)
+        assert all(k.dtype == torch.float32 for k in keys)
+        with unless_kernels_fault(audit):
+            assert all(torch.equal(k.to(BF16).float(), k) for k in keys)  # NaN != NaN
+            q64 = q.detach().double()
+            logits = torch.stack([(q64 * k.detach().double()).sum(-1) for k in keys], dim=-1)
+            expected = torch.softmax(scale * logits + bias.detach().double(), dim=-1)
+            torch.testing.assert_close(weights.detach().double(), expected, atol=1e-6, rtol=0)
     sum(v.float().mean() for v in outputs.values()).backward()  # through the float32 softmaxes
 
 
@@ -281,30 +295,39 @@ def test_heads_under_bf16_autocast(head_name):
     targets = torch.randint(0, K, (2, 64, 96), generator=generator)
     targets[:, :5] = 255
     head.train()
+    audit = KernelAudit()
     with torch.no_grad():  # train mode, no dropout: the same batch statistics, the same logits
         exact_logits = head.layers({k: v.float() for k, v in features.items()})
         _, exact = head({k: v.float() for k, v in features.items()}, targets)
-        with autocast():
+        with audit, autocast():
             logits = head.layers(features)
-    assert logits.dtype == BF16 and rel_error(logits, exact_logits) < MAX_REL_ERROR
-    with autocast():
+    assert logits.dtype == BF16
+    with unless_kernels_fault(audit):
+        assert rel_error(logits, exact_logits) < MAX_REL_ERROR
+    with audit, autocast():
         _, losses = head(features, targets)
     assert set(losses) == set(exact)
-    for key, loss in losses.items():
-        assert loss.dtype == torch.float32 and torch.isfinite(loss), key
-        assert abs(loss.item() - exact[key].item()) / exact[key].item() < MAX_LOSS_REL_ERROR, key
     sum(losses.values()).backward()
     for n, p in head.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32, n
-        assert torch.isfinite(p.grad).all(), n
     for n, buffer in head.named_buffers():
         if buffer.is_floating_point():
-            assert buffer.dtype == torch.float32 and torch.isfinite(buffer).all(), n
+            assert buffer.dtype == torch.float32, n
     head.eval()
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), audit, autocast():
         logits, _ = head(features)
     assert logits.shape == (2, K, 64, 96) and logits.dtype == BF16
-    assert torch.isfinite(logits).all()
+    with unless_kernels_fault(audit):
+        for key, loss in losses.items():
+            assert loss.dtype == torch.float32 and torch.isfinite(loss), key
+            error = abs(loss.item() - exact[key].item()) / exact[key].item()
+            assert error < MAX_LOSS_REL_ERROR, key
+        for n, p in head.named_parameters():
+            assert torch.isfinite(p.grad).all(), n
+        for n, buffer in head.named_buffers():
+            if buffer.is_floating_point():
+                assert torch.isfinite(buffer).all(), n
+        assert torch.isfinite(logits).all()
 
 
 def segmentation_batch():
@@ -336,24 +359,31 @@ def test_segformer_training_steps_under_bf16_autocast():
     with torch.no_grad():
         exact = model(batch)["loss_sem_seg"]
     optimizer = build_optimizer(cfg, model)
+    audit = KernelAudit()
     for step in range(2):
-        with autocast():
+        with audit, autocast():
             losses = model(batch)
         assert set(losses) == {"loss_sem_seg"}
         loss = losses["loss_sem_seg"]
-        assert loss.dtype == torch.float32 and torch.isfinite(loss), step
-        if step == 0:
-            assert abs(loss.item() - exact.item()) / exact.item() < MAX_LOSS_REL_ERROR
+        assert loss.dtype == torch.float32, step
+        with unless_kernels_fault(audit):
+            assert torch.isfinite(loss), step
+            if step == 0:
+                assert abs(loss.item() - exact.item()) / exact.item() < MAX_LOSS_REL_ERROR
         optimizer.zero_grad()
         loss.backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
         assert not missing, missing
         for n, p in model.named_parameters():
-            assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+            assert p.grad.dtype == torch.float32, n
+            with unless_kernels_fault(audit):
+                assert torch.isfinite(p.grad).all(), n
         optimizer.step()
     for n, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
         if tensor.is_floating_point():
-            assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all(), n
+            assert tensor.dtype == torch.float32, n
+            with unless_kernels_fault(audit):
+                assert torch.isfinite(tensor).all(), n
 
 
 def test_segformer_inference_under_bf16_autocast_is_close_to_float32():
@@ -364,12 +394,14 @@ def test_segformer_inference_under_bf16_autocast_is_close_to_float32():
     inputs = [{"image": x["image"]} for x in segmentation_batch()]
     with torch.no_grad():
         exact = model(inputs)
-        with autocast():
+        with KernelAudit() as audit, autocast():
             mixed = model(inputs)
     for ours, theirs, item in zip(mixed, exact, inputs):
         assert ours["sem_seg"].shape == theirs["sem_seg"].shape == (K, *item["image"].shape[1:])
-        assert ours["sem_seg"].dtype == BF16 and torch.isfinite(ours["sem_seg"]).all()
-        assert rel_error(ours["sem_seg"], theirs["sem_seg"]) < MAX_REL_ERROR
+        assert ours["sem_seg"].dtype == BF16
+        with unless_kernels_fault(audit):
+            assert torch.isfinite(ours["sem_seg"]).all()
+            assert rel_error(ours["sem_seg"], theirs["sem_seg"]) < MAX_REL_ERROR
 
 
 def test_hmsa_fuses_in_float32_under_bf16_autocast(monkeypatch):

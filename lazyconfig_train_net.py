@@ -11,7 +11,8 @@
 A config defines ``model``, ``dataloader.{train,test,evaluator}``, ``optimizer`` (its
 ``params.model`` is set here), ``lr_multiplier`` (an fvcore ParamScheduler of the training
 progress) and ``train`` (configs/lazy/common/train.py: output_dir, init_checkpoint, max_iter, amp,
-ddp, checkpointer, eval_period, log_period, device, seed, weights_optional_keys). Overrides are
+ddp, checkpointer, eval_period, log_period, device, seed, weights_optional_keys,
+hila_warmup_iters). Overrides are
 ``key=value`` (Hydra's override syntax). docs/LAZYCONFIG.md describes the configs.
 """
 import logging
@@ -35,6 +36,7 @@ from detectron2.utils.logger import setup_logger
 
 import hila_d2  # noqa: F401  (registers the backbones, heads and the built-in datasets)
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
+from hila_d2.hooks import hila_warmup
 
 logger = logging.getLogger("hila_d2")
 
@@ -103,7 +105,14 @@ def do_train(args, cfg) -> Dict[str, Any]:
         return last_results
 
     main_process = comm.is_main_process()
+    warmup = hila_warmup(
+        cfg.train.get("hila_warmup_iters", 0),
+        cfg.train.max_iter,
+        key="train.hila_warmup_iters",
+        max_iter_key="train.max_iter",
+    )
     training_hooks = [
+        *([warmup] if warmup else []),
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
     ]

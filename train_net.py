@@ -34,6 +34,7 @@ from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.data.mappers import build_train_mapper
 from hila_d2.data.metadata import set_class_names
 from hila_d2.evaluation import BoundaryFScoreEvaluator
+from hila_d2.hooks import build_hila_warmup
 from hila_d2.solver import build_lr_scheduler, build_optimizer
 
 
@@ -79,7 +80,8 @@ class Trainer(DefaultTrainer):
         """detectron2's hooks, after ``self.checkpointer`` (built just before, and saved through
         by the periodic checkpointer hook) became a ``ValidatingCheckpointer``: MODEL.WEIGHTS
         must fit the model up to MODEL.WEIGHTS_OPTIONAL_KEYS, a resumed checkpoint entirely; the
-        checkpoints it saves keep the class names the weights carry."""
+        checkpoints it saves keep the class names the weights carry. With
+        SOLVER.HILA_WARMUP_ITERS, ``HILAWarmup`` comes first."""
         checkpointer = self.checkpointer
         self.checkpointer = ValidatingCheckpointer(
             checkpointer.model,
@@ -87,7 +89,8 @@ class Trainer(DefaultTrainer):
             optional_keys=self.cfg.MODEL.WEIGHTS_OPTIONAL_KEYS,
             **checkpointer.checkpointables,
         )
-        return super().build_hooks()
+        warmup = build_hila_warmup(self.cfg)
+        return ([warmup] if warmup else []) + super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -369,6 +369,9 @@ def add_solver_config(cfg: CN) -> CN:
     solver.HEAD_LR_MULTIPLIER = 1.0
     # For SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR": lr = base * (1 - iter / MAX_ITER) ** POWER.
     solver.POLY_LR_POWER = 1.0
+    # Iterations over which the HILA pairs fade in (hila_d2.hooks.HILAWarmup): each step's change
+    # is scaled by iter / HILA_WARMUP_ITERS, so the encoder starts as the plain one. 0: off.
+    solver.HILA_WARMUP_ITERS = 0
     return _add_missing(cfg, "SOLVER", solver)
 
 

@@ -30,6 +30,7 @@ from detectron2.modeling.backbone import FPN
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from .hooks import build_hila_warmup
 from .modeling.backbone.pyramid import PyramidBackbone
 from .modeling.meta_arch.hmsa import HierarchicalMultiScaleSegmentor
 
@@ -121,8 +122,9 @@ def validate_config(cfg: CfgNode) -> None:
     keys (variant, HILA stages, ...), that every head reads features the backbone outputs, that
     a hila_d2 encoder returns no feature whose parameters nothing would train (for the
     meta-architectures whose heads are known), and then every other check made while the model
-    is built (e.g. MODEL.HMSA scale lists). Nothing
-    is allocated and the random number generators are left untouched.
+    is built (e.g. MODEL.HMSA scale lists), and last SOLVER.HILA_WARMUP_ITERS
+    (``hila_d2.hooks.build_hila_warmup``). Nothing is allocated and the random number generators
+    are left untouched.
     """
     model = cfg.MODEL
     _registered(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", model.META_ARCHITECTURE)
@@ -145,3 +147,4 @@ def validate_config(cfg: CfgNode) -> None:
             _features_exist(key, features, outputs, model.BACKBONE.NAME)
         _every_output_is_read(cfg, backbone, consumed)
         meta_arch(cfg)
+    build_hila_warmup(cfg)

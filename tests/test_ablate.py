@@ -74,8 +74,11 @@ def test_schedule_scale_multiplies_the_solver_iterations(tmp_path):
     (run,) = plan(tmp_path, ("plain", PLAIN), seeds=(1,), opts=("SOLVER.STEPS", "(300, 400)"))
     assert ablate.scaled_schedule(run.cfg, 4) == [
         "SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1200, 1600)",
-        "SOLVER.WARMUP_ITERS", "160", "SOLVER.CHECKPOINT_PERIOD", "800",
+        "SOLVER.WARMUP_ITERS", "160", "SOLVER.HILA_WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "800",
     ]  # fmt: skip
+    (warmup,) = plan(tmp_path, ("hila", HILA, "SOLVER.HILA_WARMUP_ITERS=50"), seeds=(1,))
+    assert ablate.scaled_schedule(warmup.cfg, 4)[6:8] == ["SOLVER.HILA_WARMUP_ITERS", "200"]
     assert ablate.scaled_schedule(run.cfg, 1) == []
     with pytest.raises(ValueError, match="--schedule-scale must be > 0"):
         ablate.scaled_schedule(run.cfg, 0)

@@ -308,6 +308,7 @@ PART_KEYS = {
     add_weights_config: ("MODEL.WEIGHTS_OPTIONAL_KEYS",),
     add_solver_config: (
         "SOLVER.OPTIMIZER", "SOLVER.BETAS", "SOLVER.HEAD_LR_MULTIPLIER", "SOLVER.POLY_LR_POWER",
+        "SOLVER.HILA_WARMUP_ITERS",
     ),
 }  # fmt: skip
 PARTS = list(PART_KEYS)

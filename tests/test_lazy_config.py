@@ -32,6 +32,7 @@ from project_config import REPO, load_config
 
 LAZY_ROOT = REPO / "configs" / "lazy"
 SEGFORMER = "configs/lazy/builtin/semantic-segmentation/segformer_mit_b0.py"
+HILA_S3 = "configs/lazy/builtin/semantic-segmentation/hila_mit_b0_s3.py"
 
 # lazy config -> its YAML twin
 TWINS = {
@@ -194,6 +195,7 @@ def test_lazy_config_loads_and_instantiates(lazy, single_thread):
         "seed",
         "checkpointer",
         "weights_optional_keys",
+        "hila_warmup_iters",
     )
     assert all(key in cfg.train for key in train_keys)
     mappers = [instantiate(cfg.dataloader.train.mapper), instantiate(cfg.dataloader.test.mapper)]
@@ -310,6 +312,7 @@ def test_optimizer_and_schedule_follow_the_yaml_recipe(lazy, single_thread):
     assert cfg.train.device == yaml_cfg.MODEL.DEVICE
     assert cfg.train.init_checkpoint == yaml_cfg.MODEL.WEIGHTS
     assert list(cfg.train.weights_optional_keys) == list(yaml_cfg.MODEL.WEIGHTS_OPTIONAL_KEYS)
+    assert cfg.train.hila_warmup_iters == yaml_cfg.SOLVER.HILA_WARMUP_ITERS
     yaml_schedule = build_lr_scheduler(model_cfg, yaml_optimizer)
     lazy_schedule = instantiate(cfg.lr_multiplier)
     step = max(1, max_iter // 2000)
@@ -478,3 +481,23 @@ def test_lazyconfig_train_net_trains_evaluates_and_resumes(train_net, tmp_path):
     weights = f"train.init_checkpoint={out / 'model_final.pth'}"
     evaluated = run(weights, flags=["--eval-only"], output_dir=tmp_path / "eval")
     assert evaluated.final_metrics == pytest.approx(resumed.final_metrics, abs=2e-4)
+
+
+@pytest.mark.slow
+def test_lazyconfig_train_net_warms_up_the_hila_pairs(train_net, tmp_path):
+    """train.hila_warmup_iters reaches lazyconfig_train_net.py's hooks: the warmup is announced
+    and the run trains; a value that leaves no iteration at full strength is refused before
+    training, naming the lazy keys."""
+    overrides = [
+        "train.device=cpu",
+        "dataloader.train.total_batch_size=2",
+        "train.max_iter=3",
+        "train.log_period=1",
+    ]
+    run = train_net(HILA_S3, *overrides, "train.hila_warmup_iters=2", output_dir=tmp_path / "a")
+    announced = "HILA warmup: the pairs' strength rises linearly from 0 at iteration 0 to 1 at"
+    assert f"{announced} iteration 2" in run.log
+    assert sorted(run.losses()) == [0, 1, 2]
+    refused = r"train.hila_warmup_iters must be an integer in \[0, train.max_iter = 3\), got 3"
+    with pytest.raises(AssertionError, match=refused):
+        train_net(HILA_S3, *overrides, "train.hila_warmup_iters=3", output_dir=tmp_path / "b")

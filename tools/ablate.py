@@ -11,7 +11,7 @@
 
 Each (variant, seed) run is ``train_net.py --num-gpus 1`` in ``<output-dir>/<variant>/seed<k>``
 with the variant's config file, then the ``KEY VALUE`` options after ``--``, then the variant's
-``KEY=VALUE`` overrides, then SOLVER.MAX_ITER, STEPS, WARMUP_ITERS and CHECKPOINT_PERIOD times
+``KEY=VALUE`` overrides, then SOLVER.MAX_ITER, STEPS, WARMUP_ITERS, HILA_WARMUP_ITERS and CHECKPOINT_PERIOD times
 ``--schedule-scale``, then ``SEED k`` and ``TEST.BOUNDARY_FSCORE.ENABLED True``. The run
 directory gets ``ablation_run.json``: the final mIoU and boundary F-score (mBF) of the
 config's one test dataset, the wall time of its train_net.py processes, the parameters of the
@@ -51,7 +51,8 @@ from hila_d2.utils.profiling import markdown_table
 REPO = Path(__file__).resolve().parents[1]
 RECORD_FILE = "ablation_run.json"
 MIOU_KEY, MBF_KEY = "sem_seg/mIoU", "boundary_fscore/mBF"  # metrics.json of one test dataset
-SCHEDULE_KEYS = ("MAX_ITER", "STEPS", "WARMUP_ITERS", "CHECKPOINT_PERIOD")  # of cfg.SOLVER
+# of cfg.SOLVER
+SCHEDULE_KEYS = ("MAX_ITER", "STEPS", "WARMUP_ITERS", "HILA_WARMUP_ITERS", "CHECKPOINT_PERIOD")
 TOOL_KEYS = ("SEED", "OUTPUT_DIR", "TEST.BOUNDARY_FSCORE.ENABLED")  # set per run by this tool
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 ITERATION_LINE = re.compile(r"(?:eta: (\S+)\s+)?iter: (\d+)")  # detectron2's metric printer
@@ -120,7 +121,7 @@ class Variant:
 
 
 def scaled_schedule(cfg: CfgNode, scale: float) -> List[str]:
-    """``KEY VALUE`` pairs multiplying cfg.SOLVER's MAX_ITER, STEPS, WARMUP_ITERS and
+    """``KEY VALUE`` pairs multiplying cfg.SOLVER's MAX_ITER, STEPS, WARMUP_ITERS, HILA_WARMUP_ITERS and
     CHECKPOINT_PERIOD by ``scale`` (none when it is 1)."""
     if scale <= 0:
         raise ValueError(f"--schedule-scale must be > 0, got {scale}")
@@ -478,7 +479,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--baseline", help="the variant compared against (default: the first)")
     parser.add_argument(
         "--schedule-scale", type=float, default=1.0,
-        help="multiply SOLVER.MAX_ITER, STEPS, WARMUP_ITERS and CHECKPOINT_PERIOD by this",
+        help="multiply SOLVER.MAX_ITER, STEPS, WARMUP_ITERS, HILA_WARMUP_ITERS and "
+        "CHECKPOINT_PERIOD by this",
     )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="<variant>/seed<k> under it")
     parser.add_argument(

@@ -86,6 +86,11 @@ class HILAPairs(nn.ModuleDict):
             if tag in self and self[tag].bottom_block is not None
         }
 
+    def set_strength(self, strength: float) -> None:
+        """``HILAPair.set_strength`` of every pair."""
+        for pair in self.values():
+            pair.set_strength(strength)
+
     def run_stage(
         self,
         top: int,

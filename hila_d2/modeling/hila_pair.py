@@ -27,6 +27,12 @@ class HILAPair(nn.Module):
     In training, each step (Bottom-Up block, Top-Down block, lower-level block) runs under
     selective activation checkpointing (``hila_recompute``), or with ``checkpoint`` under full
     activation checkpointing (less memory, one more forward of the HILA steps).
+
+    ``set_strength(s)`` (the warmup of SOLVER.HILA_WARMUP_ITERS, ``hila_d2.hooks``) scales what
+    each step changes: the Bottom-Up step makes ``top + s * (BU(top, bottom) - top)``, the
+    Top-Down step with its lower-level block ``bottom + s * (block(TD(top, bottom)) - bottom)``.
+    At s = 0 both token streams are those of the plain encoder (the lower one then only passes
+    ``bottom_norm``); at s = 1, the default, the steps run unscaled.
     """
 
     def __init__(
@@ -63,6 +69,16 @@ class HILAPair(nn.Module):
         self.bottom_block = bottom_block
         self.bottom_norm = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
         self.plan: Optional[PairPlan] = None  # None: every step of the schedule
+        # a tensor, so that a changing strength neither recompiles nor syncs; not saved
+        self.register_buffer("strength", torch.ones(()), persistent=False)
+        self.scaled = False  # strength < 1: the steps' changes are scaled
+
+    def set_strength(self, strength: float) -> None:
+        """Scale each step's change by ``strength`` in [0, 1] from the next forward on."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"HILA strength must be in [0, 1], got {strength}")
+        self.strength.fill_(strength)
+        self.scaled = strength < 1.0
 
     def restrict(self, plan: PairPlan) -> None:
         """Run only the steps of ``plan`` and drop the modules that none of them uses."""
@@ -121,18 +137,25 @@ class HILAPair(nn.Module):
         uses = 0
         for j in range(plan.steps):
             if plan.bottom_up[j]:
-                top = self._run(self.bottom_up, top, bottom)
+                top = self._scaled(top, self._run(self.bottom_up, top, bottom))
             if j < plan.blocks:
                 top = top_blocks[j](top)
             if plan.top_down[j]:
                 updated = self._run(self.top_down, top, bottom)
-                bottom = self._run(partial(self.bottom_block, use_index=uses), updated)
+                updated = self._run(partial(self.bottom_block, use_index=uses), updated)
+                bottom = self._scaled(bottom, updated)
                 uses += 1
             elif plan.step_norm[j]:
                 bottom = self.bottom_norm(bottom)
         if plan.final_norm:
             bottom = self.bottom_norm(bottom)
         return top, bottom
+
+    def _scaled(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """What a step makes of ``before`` (its result ``after``) at the pair's strength."""
+        if not self.scaled:
+            return after
+        return (before + self.strength * (after - before)).to(after.dtype)
 
     def _run(self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
         """``step(*inputs)``, checkpointed in training: selectively, or fully with

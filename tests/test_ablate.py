@@ -204,10 +204,16 @@ def test_rerun_trains_nothing_and_resumes_a_run_from_its_checkpoint(tmp_path, ca
 
 
 B1 = ["MODEL.MIT.VARIANT=B1"]
+B1_LEVERS = [  # HILA S3 with one lever each, and S234
+    ("mit_b1_s3_info1", HILA, *B1, "MODEL.HILA.INFO_WEIGHTS=[1.0,1.0]"),
+    ("mit_b1_s3_clean", HILA, *B1, "MODEL.HILA.PARITY_MODE=False"),
+    ("mit_b1_s3_warmup100", HILA, *B1, "SOLVER.HILA_WARMUP_ITERS=100"),
+    ("mit_b1_s234", HILA, *B1, "MODEL.HILA.STAGES=[2,3,4]"),
+]
 # The measured ablations whose records results/ablation/ keeps: (directory, schedule scale,
 # variants), as the tables of docs/HILA.md give them.
 RECORDED_ABLATIONS = [
-    ("b1_1x", 1.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1)]),
+    ("b1_1x", 1.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), *B1_LEVERS]),
     ("b0_4x", 4.0, [("mit_b0", PLAIN), ("mit_b0_s3", HILA)]),
     ("b1_4x", 4.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1)]),
 ]

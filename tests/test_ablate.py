@@ -215,7 +215,7 @@ B1_LEVERS = [  # HILA S3 with one lever each, and S234
 RECORDED_ABLATIONS = [
     ("b1_1x", 1.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), *B1_LEVERS]),
     ("b0_4x", 4.0, [("mit_b0", PLAIN), ("mit_b0_s3", HILA)]),
-    ("b1_4x", 4.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1)]),
+    ("b1_4x", 4.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), B1_LEVERS[2]]),
 ]
 
 

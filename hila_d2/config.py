@@ -34,6 +34,7 @@ __all__ = [
     "add_weights_config",
     "hila_defaults",
     "load_config",
+    "load_single_process_config",
 ]
 
 # Config groups that hila_d2 moved, old -> new. A config that still sets a key of an old group
@@ -66,6 +67,15 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         _check_not_moved(cfg, key)
     cfg.merge_from_list(list(opts))
     cfg.freeze()
+    return cfg
+
+
+def load_single_process_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """``load_config``, with BatchNorm in the semantic-segmentation head where the config asks for
+    SyncBN (which needs a process group): for one-process tools such as benchmarks and audits."""
+    cfg = load_config(config_file, opts)
+    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
+        cfg = load_config(config_file, [*opts, "MODEL.SEM_SEG_HEAD.NORM", "BN"])
     return cfg
 
 

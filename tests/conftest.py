@@ -30,7 +30,7 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     """The CPU and the kernels torch picks on it (bf16 results depend on them; see
-    hila_d2.testing.kernel_audit)."""
+    hila_d2.utils.kernel_audit)."""
     cpuinfo = Path("/proc/cpuinfo")
     names = [
         line.split(":", 1)[1].strip()

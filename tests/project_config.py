@@ -1,15 +1,15 @@
 """Shared by the tests: the project's YAML configs loaded for CPU runs, scripts imported as
 modules, the optimizer hyperparameters of each parameter, and checks of bf16 results that
 tell this machine's faulty kernels from hila_d2 bugs."""
-import contextlib
 import importlib.util
 from pathlib import Path
+from typing import Any, Callable, List
 
 import pytest
 from detectron2.config import CfgNode, get_cfg
 
 import hila_d2
-from hila_d2.testing.kernel_audit import KernelAudit
+from hila_d2.utils.kernel_audit import KernelAudit, KernelFault, onednn_off
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,19 +51,35 @@ def hyperparams_by_name(model, optimizer) -> dict:
     return {name: by_id[id(p)] for name, p in model.named_parameters() if p.requires_grad}
 
 
-@contextlib.contextmanager
-def unless_kernels_fault(audit: KernelAudit):
-    """Checks of a bf16 result computed under ``audit``: if they fail where the audit found
-    faulty bf16 kernels on this machine, the test is skipped naming them (hila_d2 cannot be
-    judged on top of them); otherwise a failure stands."""
+def judged_on_sound_kernels(run: Callable[[KernelAudit], Any], check: Callable[[Any], None]):
+    """``check(run(audit))``, on sound bf16 kernels: ``run`` computes a bf16 result with its
+    forward passes under ``audit``, ``check`` asserts on that result. Where the audit finds faulty
+    kernels of this machine, both run again with oneDNN off (``onednn_off``: torch's CPU
+    convolutions and matmuls take ATen's own kernels), and that run judges hila_d2. The test is
+    skipped, naming the kernels, only where that run's kernels are faulty too and its check
+    fails; a failure on sound kernels stands. ``run`` must compute the same on a second call
+    (build its model afresh, seed its randomness)."""
+    audit = KernelAudit()
+    result = run(audit)
+    if not audit.faults:
+        check(result)
+        return
+    native = audit.faults
+    audit = KernelAudit()
+    with onednn_off():
+        result = run(audit)
     try:
-        yield
+        check(result)
     except AssertionError as failure:
         if not audit.faults:
             raise
-        faults = "; ".join(map(str, audit.faults[:3]))
-        more = f" (and {len(audit.faults) - 3} more)" if len(audit.faults) > 3 else ""
         pytest.skip(
-            f"this machine's bf16 kernels are wrong: {faults}{more}; the check that failed "
+            f"this machine's bf16 kernels are wrong natively ({_listed(native)}) and with oneDNN "
+            f"off ({_listed(audit.faults)}); the check that failed "
             f"({str(failure).splitlines()[0]}) cannot judge hila_d2 on top of them"
         )
+
+
+def _listed(faults: List[KernelFault]) -> str:
+    more = f" and {len(faults) - 3} more" if len(faults) > 3 else ""
+    return "; ".join(map(str, faults[:3])) + more

@@ -16,10 +16,10 @@ accumulates. (Cosine similarity and relative
 L2 error are equivalent here: cos ~ 1 - err**2 / 2 for equal norms.)
 
 The machine's own kernels. The bf16 forward passes run under ``KernelAudit``, which reruns every
-op in float32: when a test's checks fail and the audit found ops whose bf16 kernels are wrong on
-this machine (a CI machine once returned NaN from MiT's stage 3 at these input sizes, where
-other machines agree with float32 to 1 %), the test is skipped, naming the ops; hila_d2 cannot be
-judged on top of them. A failure with correct kernels stands.
+op in float32. Where it finds ops whose bf16 kernels are wrong on this machine (on CPUs with AMX,
+oneDNN's bf16 convolution returns NaN or 55-85 % errors for MiT's stage-3 spatial-reduction conv
+at these input sizes), the bf16 computation and its checks run again with oneDNN off, and that
+run judges hila_d2 (``project_config.judged_on_sound_kernels``).
 """
 import contextlib
 import itertools
@@ -32,7 +32,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from project_config import load_config, load_train_net, unless_kernels_fault
+from project_config import judged_on_sound_kernels, load_config, load_train_net
 
 import hila_d2
 from hila_d2.modeling import hila_attention
@@ -45,7 +45,6 @@ from hila_d2.modeling.hila import HILASettings
 from hila_d2.modeling.hila_attention import BottomUpAttention, TopDownAttention
 from hila_d2.modeling.meta_arch import hmsa as hmsa_module
 from hila_d2.solver import build_optimizer
-from hila_d2.testing.kernel_audit import KernelAudit
 
 BF16 = torch.bfloat16
 STAGES = ("res2", "res3", "res4", "res5")
@@ -140,18 +139,23 @@ def test_encoder_inference_under_bf16_autocast_is_close_to_float32(name):
     model.eval()
     with torch.no_grad():
         exact = model(x)
-        with KernelAudit() as audit, autocast():
-            mixed = model(x)
-    assert set(mixed) == set(exact) == set(STAGES)
-    for stage in STAGES:
-        assert exact[stage].dtype == torch.float32
-        # autocast reached the stage outputs: the comparison below compares two precisions
-        assert mixed[stage].dtype == BF16, stage
-        assert mixed[stage].shape == exact[stage].shape
-        with unless_kernels_fault(audit):
+
+    def run(audit):
+        with torch.no_grad(), audit, autocast():
+            return model(x)
+
+    def check(mixed):
+        assert set(mixed) == set(exact) == set(STAGES)
+        for stage in STAGES:
+            assert exact[stage].dtype == torch.float32
+            # autocast reached the stage outputs: the comparison below compares two precisions
+            assert mixed[stage].dtype == BF16, stage
+            assert mixed[stage].shape == exact[stage].shape
             assert torch.isfinite(mixed[stage]).all(), stage
             error = rel_error(mixed[stage], exact[stage])
             assert error < MAX_REL_ERROR, f"{stage}: relative L2 error {error:.4f}"
+
+    judged_on_sound_kernels(run, check)
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
@@ -167,23 +171,23 @@ def test_encoder_training_step_under_bf16_autocast(name):
     generator = torch.Generator().manual_seed(2)
     targets = {k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
 
-    audit = KernelAudit()
-
-    def step(mixed: bool):
+    def step(audit=None):
+        """float32 without an audit, bf16 autocast under one: (loss, gradients)."""
         model.zero_grad(set_to_none=True)
-        with audit if mixed else contextlib.nullcontext(), autocast(mixed):
+        with audit or contextlib.nullcontext(), autocast(audit is not None):
             outputs = model(x)
             loss = sum(F.mse_loss(outputs[k].float(), targets[k]) for k in STAGES)
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in params.items()}
 
-    loss32, grads32 = step(mixed=False)
-    loss16, grads16 = step(mixed=True)
-    missing = [n for n, g in grads16.items() if g is None or not g.any()]
-    assert not missing, f"no gradient under autocast: {missing}"
-    for n, g in grads16.items():
-        assert g.dtype == torch.float32, n  # parameters stay float32, so do their gradients
-    with unless_kernels_fault(audit):
+    loss32, grads32 = step()
+
+    def check(result):
+        loss16, grads16 = result
+        missing = [n for n, g in grads16.items() if g is None or not g.any()]
+        assert not missing, f"no gradient under autocast: {missing}"
+        for n, g in grads16.items():
+            assert g.dtype == torch.float32, n  # parameters stay float32, so do their gradients
         assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
         assert abs(loss16.item() - loss32.item()) / loss32.item() < MAX_LOSS_REL_ERROR
         for n, g in grads16.items():
@@ -192,6 +196,8 @@ def test_encoder_training_step_under_bf16_autocast(name):
         flat16 = torch.cat([grads16[n].flatten() for n in params])
         cosine = F.cosine_similarity(flat16.double(), flat32.double(), dim=0).item()
         assert cosine > MIN_GRAD_COSINE, cosine
+
+    judged_on_sound_kernels(step, check)
 
 
 @pytest.mark.parametrize("name", HILA_ENCODERS)
@@ -219,23 +225,33 @@ def test_hila_softmaxes_stay_float32_under_autocast(name, monkeypatch):
     ran = []
     for module in modules:
         module.register_forward_hook(lambda m, args, out: ran.append((m, out.dtype)))
-    with KernelAudit() as audit, autocast():
-        outputs = model(x)
-    assert {id(m) for m, _ in ran} == {id(m) for m in modules}
-    calls_per_forward = [1 if isinstance(m, BottomUpAttention) else 4 for m, _ in ran]
-    assert len(calls) == sum(calls_per_forward)
-    assert all(dtype == BF16 for _, dtype in ran)  # their outputs go back to autocast's dtype
-    for q, keys, scale, bias, weights in calls:
-        assert q.dtype == BF16
-        assert weights.dtype == torch.float32
-        assert all(k.dtype == torch.float32 for k in keys)
-        with unless_kernels_fault(audit):
+
+    def run(audit):
+        calls.clear()
+        ran.clear()
+        model.zero_grad(set_to_none=True)
+        with audit, autocast():
+            outputs = model(x)
+        sum(v.float().mean() for v in outputs.values()).backward()  # through the float32 softmaxes
+        return list(calls), list(ran)
+
+    def check(result):
+        calls, ran = result
+        assert {id(m) for m, _ in ran} == {id(m) for m in modules}
+        calls_per_forward = [1 if isinstance(m, BottomUpAttention) else 4 for m, _ in ran]
+        assert len(calls) == sum(calls_per_forward)
+        assert all(dtype == BF16 for _, dtype in ran)  # their outputs go back to autocast's dtype
+        for q, keys, scale, bias, weights in calls:
+            assert q.dtype == BF16
+            assert weights.dtype == torch.float32
+            assert all(k.dtype == torch.float32 for k in keys)
             assert all(torch.equal(k.to(BF16).float(), k) for k in keys)  # NaN != NaN
             q64 = q.detach().double()
             logits = torch.stack([(q64 * k.detach().double()).sum(-1) for k in keys], dim=-1)
             expected = torch.softmax(scale * logits + bias.detach().double(), dim=-1)
             torch.testing.assert_close(weights.detach().double(), expected, atol=1e-6, rtol=0)
-    sum(v.float().mean() for v in outputs.values()).backward()  # through the float32 softmaxes
+
+    judged_on_sound_kernels(run, check)
 
 
 @pytest.mark.parametrize("dtype", [BF16, torch.float32])
@@ -282,11 +298,14 @@ HEADS = {
 @pytest.mark.parametrize("head_name", list(HEADS))
 def test_heads_under_bf16_autocast(head_name):
     """A head fed bf16 features (what the encoders return under autocast): logits within
-    MAX_REL_ERROR and float32, finite losses close to the float32 head's on the same features,
-    finite gradients for every parameter, BatchNorm statistics still float32; finite bf16
-    inference logits."""
-    torch.manual_seed(0)
-    head = HEADS[head_name]()
+    MAX_REL_ERROR and bf16, finite float32 losses close to the float32 head's on the same
+    features, finite float32 gradients for every parameter, BatchNorm statistics still float32;
+    finite bf16 inference logits."""
+
+    def fresh_head():
+        torch.manual_seed(0)
+        return HEADS[head_name]().train()
+
     generator = torch.Generator().manual_seed(1)
     features = {
         k: torch.randn(2, s.channels, 64 // s.stride, 96 // s.stride, generator=generator).to(BF16)
@@ -294,40 +313,42 @@ def test_heads_under_bf16_autocast(head_name):
     }
     targets = torch.randint(0, K, (2, 64, 96), generator=generator)
     targets[:, :5] = 255
-    head.train()
-    audit = KernelAudit()
+    head = fresh_head()
     with torch.no_grad():  # train mode, no dropout: the same batch statistics, the same logits
         exact_logits = head.layers({k: v.float() for k, v in features.items()})
         _, exact = head({k: v.float() for k, v in features.items()}, targets)
+
+    def run(audit):
+        head = fresh_head()
+        with torch.no_grad(), audit, autocast():
+            train_logits = head.layers(features)
         with audit, autocast():
-            logits = head.layers(features)
-    assert logits.dtype == BF16
-    with unless_kernels_fault(audit):
-        assert rel_error(logits, exact_logits) < MAX_REL_ERROR
-    with audit, autocast():
-        _, losses = head(features, targets)
-    assert set(losses) == set(exact)
-    sum(losses.values()).backward()
-    for n, p in head.named_parameters():
-        assert p.grad is not None and p.grad.dtype == torch.float32, n
-    for n, buffer in head.named_buffers():
-        if buffer.is_floating_point():
-            assert buffer.dtype == torch.float32, n
-    head.eval()
-    with torch.no_grad(), audit, autocast():
-        logits, _ = head(features)
-    assert logits.shape == (2, K, 64, 96) and logits.dtype == BF16
-    with unless_kernels_fault(audit):
+            _, losses = head(features, targets)
+        sum(losses.values()).backward()
+        head.eval()
+        with torch.no_grad(), audit, autocast():
+            logits, _ = head(features)
+        return head, train_logits, losses, logits
+
+    def check(result):
+        head, train_logits, losses, logits = result
+        assert train_logits.dtype == BF16
+        assert rel_error(train_logits, exact_logits) < MAX_REL_ERROR
+        assert set(losses) == set(exact)
         for key, loss in losses.items():
             assert loss.dtype == torch.float32 and torch.isfinite(loss), key
             error = abs(loss.item() - exact[key].item()) / exact[key].item()
             assert error < MAX_LOSS_REL_ERROR, key
         for n, p in head.named_parameters():
+            assert p.grad is not None and p.grad.dtype == torch.float32, n
             assert torch.isfinite(p.grad).all(), n
         for n, buffer in head.named_buffers():
             if buffer.is_floating_point():
-                assert torch.isfinite(buffer).all(), n
+                assert buffer.dtype == torch.float32 and torch.isfinite(buffer).all(), n
+        assert logits.shape == (2, K, 64, 96) and logits.dtype == BF16
         assert torch.isfinite(logits).all()
+
+    judged_on_sound_kernels(run, check)
 
 
 def segmentation_batch():
@@ -353,37 +374,44 @@ def test_segformer_training_steps_under_bf16_autocast():
     under autocast, as a CPU training loop would run them: float32, finite losses (the first
     close to the float32 loss of the same weights and batch), a finite float32 gradient for
     every parameter, parameters and BatchNorm statistics still float32 and finite."""
-    cfg, model = build_segmentor(SEGFORMER_CONFIG)
-    model.train()
     batch = segmentation_batch()
+    _, model = build_segmentor(SEGFORMER_CONFIG)
     with torch.no_grad():
-        exact = model(batch)["loss_sem_seg"]
-    optimizer = build_optimizer(cfg, model)
-    audit = KernelAudit()
-    for step in range(2):
-        with audit, autocast():
-            losses = model(batch)
-        assert set(losses) == {"loss_sem_seg"}
-        loss = losses["loss_sem_seg"]
-        assert loss.dtype == torch.float32, step
-        with unless_kernels_fault(audit):
-            assert torch.isfinite(loss), step
+        exact = model.train()(batch)["loss_sem_seg"]
+
+    def run(audit):
+        cfg, model = build_segmentor(SEGFORMER_CONFIG)
+        model.train()
+        optimizer = build_optimizer(cfg, model)
+        steps = []
+        for _ in range(2):
+            with audit, autocast():
+                losses = model(batch)
+            optimizer.zero_grad()
+            losses["loss_sem_seg"].backward()
+            params = model.named_parameters()
+            steps.append((losses, {n: p.grad.clone() for n, p in params if p.grad is not None}))
+            optimizer.step()
+        return model, steps
+
+    def check(result):
+        model, steps = result
+        for step, (losses, grads) in enumerate(steps):
+            assert set(losses) == {"loss_sem_seg"}
+            loss = losses["loss_sem_seg"]
+            assert loss.dtype == torch.float32 and torch.isfinite(loss), step
             if step == 0:
                 assert abs(loss.item() - exact.item()) / exact.item() < MAX_LOSS_REL_ERROR
-        optimizer.zero_grad()
-        loss.backward()
-        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-        assert not missing, missing
-        for n, p in model.named_parameters():
-            assert p.grad.dtype == torch.float32, n
-            with unless_kernels_fault(audit):
-                assert torch.isfinite(p.grad).all(), n
-        optimizer.step()
-    for n, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-        if tensor.is_floating_point():
-            assert tensor.dtype == torch.float32, n
-            with unless_kernels_fault(audit):
-                assert torch.isfinite(tensor).all(), n
+            names = [n for n, _ in model.named_parameters()]
+            missing = [n for n in names if n not in grads or not grads[n].any()]
+            assert not missing, missing
+            for n, g in grads.items():
+                assert g.dtype == torch.float32 and torch.isfinite(g).all(), n
+        for n, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if tensor.is_floating_point():
+                assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all(), n
+
+    judged_on_sound_kernels(run, check)
 
 
 def test_segformer_inference_under_bf16_autocast_is_close_to_float32():
@@ -394,14 +422,20 @@ def test_segformer_inference_under_bf16_autocast_is_close_to_float32():
     inputs = [{"image": x["image"]} for x in segmentation_batch()]
     with torch.no_grad():
         exact = model(inputs)
-        with KernelAudit() as audit, autocast():
-            mixed = model(inputs)
-    for ours, theirs, item in zip(mixed, exact, inputs):
-        assert ours["sem_seg"].shape == theirs["sem_seg"].shape == (K, *item["image"].shape[1:])
-        assert ours["sem_seg"].dtype == BF16
-        with unless_kernels_fault(audit):
+
+    def run(audit):
+        with torch.no_grad(), audit, autocast():
+            return model(inputs)
+
+    def check(mixed):
+        for ours, theirs, item in zip(mixed, exact, inputs):
+            size = item["image"].shape[1:]
+            assert ours["sem_seg"].shape == theirs["sem_seg"].shape == (K, *size)
+            assert ours["sem_seg"].dtype == BF16
             assert torch.isfinite(ours["sem_seg"]).all()
             assert rel_error(ours["sem_seg"], theirs["sem_seg"]) < MAX_REL_ERROR
+
+    judged_on_sound_kernels(run, check)
 
 
 def test_hmsa_fuses_in_float32_under_bf16_autocast(monkeypatch):

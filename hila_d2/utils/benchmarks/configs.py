@@ -6,7 +6,7 @@ from typing import Sequence
 
 from detectron2.config import CfgNode
 
-from ...config import load_config
+from ...config import load_single_process_config
 
 __all__ = ["REPOSITORY", "benchmark_config", "project_file"]
 
@@ -31,8 +31,4 @@ def project_file(path: str) -> str:
 def benchmark_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """``hila_d2.load_config`` of ``project_file(config_file)`` and the ``KEY VALUE`` pairs of
     ``opts``, with ``MODEL.SEM_SEG_HEAD.NORM`` BN where the config asks for SyncBN."""
-    path = project_file(config_file)
-    cfg = load_config(path, opts)
-    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
-        cfg = load_config(path, [*opts, "MODEL.SEM_SEG_HEAD.NORM", "BN"])
-    return cfg
+    return load_single_process_config(project_file(config_file), opts)

@@ -15,6 +15,11 @@ HILA): ``MAX_OP_ERROR`` (5 %) is 25 times that, so a fault is a gross error, nev
 accumulation of roundings. Audit forward passes: a backward op whose output cancels is
 legitimately further off in relative terms (LayerNorm's input gradient of a mean loss, whose
 terms cancel, measured 5-7 % off).
+
+Known fault: torch 2.14.1's oneDNN bf16 convolution on CPUs with AMX is wrong when the output is
+one column wide and the stride is above 1 (MiT's stage-3 spatial-reduction conv on a small
+grid); with oneDNN off (``onednn_off``) the same op is sound. Run as a program, this module
+audits a config's model on this machine (``main``).
 """
 import math
 from typing import Any, List, NamedTuple, Tuple
@@ -23,7 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["KernelAudit", "KernelFault", "MAX_OP_ERROR", "op_error"]
+__all__ = ["KernelAudit", "KernelFault", "MAX_OP_ERROR", "audit_model", "onednn_off", "op_error"]
 
 MAX_OP_ERROR = 0.05  # relative L2 error of one op's bf16 result against float32 (see above)
 _UNINITIALISED = ("empty", "new_empty", "empty_like", "empty_strided", "new_empty_strided")
@@ -110,3 +115,56 @@ class KernelAudit(TorchDispatchMode):
                 self.faults.append(KernelFault(str(func), shapes, error))
                 break
         return out
+
+
+def onednn_off():
+    """A context in which torch's CPU convolutions and matmuls take ATen's own kernels instead of
+    oneDNN's (``torch.backends.mkldnn``), the workaround for a faulty oneDNN bf16 kernel."""
+    return torch.backends.mkldnn.flags(enabled=False, allow_tf32=None)
+
+
+def audit_model(model: torch.nn.Module, images: torch.Tensor) -> List[KernelFault]:
+    """The faulty bf16 kernels met by a detectron2 model in eval mode on the batch ``images``
+    (B, 3, H, W) under CPU bf16 autocast."""
+    with torch.no_grad(), KernelAudit() as audit, torch.autocast("cpu", dtype=torch.bfloat16):
+        model([{"image": image} for image in images])
+    return audit.faults
+
+
+def main(argv=None) -> int:
+    """``python -m hila_d2.utils.kernel_audit --config-file CONFIG [--size H W] [--batch B]
+    [KEY VALUE ...]``: audits the model of CONFIG (random weights unless MODEL.WEIGHTS is given)
+    on B images of H x W under bf16 autocast on this CPU, natively and with oneDNN off; exit
+    status 1 where the native kernels are faulty."""
+    import argparse
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from ..config import load_single_process_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[0])
+    parser.add_argument("--config-file", required=True, help="a hila_d2 YAML config")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2, help="images per forward pass")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs of the config")
+    args = parser.parse_args(argv)
+    cfg = load_single_process_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(args.batch, 3, *args.size, generator=generator) * 255
+    native = audit_model(model, images)
+    with onednn_off():
+        fallback = audit_model(model, images)
+    for title, faults in (("native kernels", native), ("oneDNN off", fallback)):
+        print(f"{title}: " + ("sound" if not faults else f"{len(faults)} faulty op(s)"))
+        for fault in faults:
+            print(f"  {fault}")
+    return 1 if native else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

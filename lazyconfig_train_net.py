@@ -14,6 +14,19 @@ progress) and ``train`` (configs/lazy/common/train.py: output_dir, init_checkpoi
 ddp, checkpointer, eval_period, log_period, device, seed, weights_optional_keys,
 hila_warmup_iters). Overrides are
 ``key=value`` (Hydra's override syntax). docs/LAZYCONFIG.md describes the configs.
+
+An optional ``datasets`` node registers datasets of one's own right after the config is loaded,
+as train_net.py's DATASETS.SEM_SEG_FOLDERS / COCO_JSONS do
+(``hila_d2.data.register_datasets_from_lazy_config``)::
+
+    datasets = dict(
+        sem_seg_folders=dict(splits=[("my_train", "data/train/images", "data/train/labels")],
+                             classes=["background", "road", "car"], ignore_label=255),
+        coco_jsons=dict(splits=[("my_instances", "data/train.json", "data/train/images")]),
+    )
+
+or, on the command line, ``'datasets.sem_seg_folders.splits=[[my_train,data/train/images,
+data/train/labels]]' 'datasets.sem_seg_folders.classes=[background,road,car]'``.
 """
 import logging
 from typing import Any, Dict
@@ -36,6 +49,7 @@ from detectron2.utils.logger import setup_logger
 
 import hila_d2  # noqa: F401  (registers the backbones, heads and the built-in datasets)
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
+from hila_d2.data import register_datasets_from_lazy_config
 from hila_d2.hooks import hila_warmup
 
 logger = logging.getLogger("hila_d2")
@@ -143,12 +157,18 @@ def do_eval(args, cfg) -> Dict[str, Any]:
 
 
 def setup(args):
-    """The config file with the command-line overrides; logging, the seed and the saved
-    ``config.yaml`` through detectron2's ``default_setup``."""
+    """The config file with the command-line overrides; the datasets of its ``datasets`` node
+    registered and checked; logging, the seed and the saved ``config.yaml`` through detectron2's
+    ``default_setup``."""
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    registered = register_datasets_from_lazy_config(
+        cfg, check_label_values=comm.get_local_rank() == 0
+    )
     default_setup(cfg, args)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="hila_d2")
+    if registered:
+        logger.info("Registered and checked the datasets %s", registered)
     return cfg
 
 

@@ -7,6 +7,13 @@
     python train_net.py --config-file CONFIG --num-gpus 8       # or --num-machines/--machine-rank/--dist-url
     python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 
+Datasets of one's own: DATASETS.SEM_SEG_FOLDERS (folders of images and label PNGs) and
+DATASETS.COCO_JSONS (COCO-format JSONs) are registered, and their files checked, right after the
+config is loaded (``hila_d2.data.register_datasets_from_config``; docs/GETTING_STARTED.md, "Train
+on your own data"):
+
+    python train_net.py --config-file configs/custom/semantic-segmentation/segformer_mit_b0_folder.yaml
+
 Weights that name their classes (a hub model directory's config.json ``id2label``, a file
 converted from one, a checkpoint of a run initialised from one) give them to the datasets without
 ``stuff_classes`` (``hila_d2.data.metadata.set_class_names``): DATASETS.TEST when evaluating,
@@ -17,7 +24,11 @@ import os
 from unittest import mock
 
 import detectron2.utils.comm as comm
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as engine_defaults
 from detectron2.evaluation import (
@@ -31,7 +42,8 @@ from detectron2.utils.logger import setup_logger
 
 import hila_d2
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
-from hila_d2.data.mappers import build_train_mapper
+from hila_d2.data import register_datasets_from_config
+from hila_d2.data.mappers import CheckedDatasetMapper, build_train_mapper
 from hila_d2.data.metadata import set_class_names
 from hila_d2.evaluation import BoundaryFScoreEvaluator
 from hila_d2.hooks import build_hila_warmup
@@ -131,6 +143,14 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader, whose mapper (which reads a semantic label too) names the
+        files of a label that does not fit its image."""
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
 
@@ -148,11 +168,16 @@ def use_class_names(checkpointer: ValidatingCheckpointer, dataset_names) -> None
 
 
 def setup(args):
-    """Config from defaults + hila_d2 keys + the file + command-line overrides, validated."""
+    """Config from defaults + hila_d2 keys + the file + command-line overrides, validated; the
+    datasets of DATASETS.SEM_SEG_FOLDERS / COCO_JSONS registered and checked."""
     cfg = hila_d2.load_config(args.config_file, args.opts)
     hila_d2.validate_config(cfg)  # before anything is written, built or loaded
+    # every process registers them; reading every label's values once per machine is enough
+    registered = register_datasets_from_config(cfg, check_label_values=comm.get_local_rank() == 0)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hila_d2")
+    if registered:
+        logging.getLogger("hila_d2").info("Registered and checked the datasets %s", registered)
     return cfg
 
 

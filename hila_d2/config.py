@@ -21,6 +21,7 @@ __all__ = [
     "MOVED_KEYS",
     "SHARED_KEYS",
     "add_boundary_fscore_config",
+    "add_datasets_config",
     "add_decode_head_config",
     "add_hatnet_config",
     "add_hila_attention_config",
@@ -385,6 +386,31 @@ def add_solver_config(cfg: CN) -> CN:
     return _add_missing(cfg, "SOLVER", solver)
 
 
+def add_datasets_config(cfg: CN) -> CN:
+    """``DATASETS.SEM_SEG_FOLDERS`` and ``DATASETS.COCO_JSONS``: one's own datasets, registered
+    (and their files checked) by train_net.py right after the config is loaded
+    (``hila_d2.data.custom_config``); detectron2's DATASETS.TRAIN / TEST then name them."""
+    datasets = CN()
+    folders = CN()
+    # (name, image_dir, label_dir) per split: images (jpg/jpeg/png/bmp/tif) and label PNGs of the
+    # same relative paths and base names, each pixel a class id or IGNORE_LABEL
+    # (hila_d2.data.register_sem_seg_folder). Paths are relative to the working directory.
+    folders.SPLITS = ()
+    # The class names, in the order of the label ids (id 0 first); the model's
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES must be their number (checked, never changed).
+    folders.CLASSES = ()
+    # The label value of unlabelled pixels; MODEL.SEM_SEG_HEAD.IGNORE_VALUE must equal it.
+    folders.IGNORE_LABEL = 255
+    datasets.SEM_SEG_FOLDERS = folders
+    coco = CN()
+    # (name, json_file, image_root) per split: COCO-format instances JSONs (CVAT, Label Studio,
+    # labelme converters) with their images (hila_d2.data.register_coco_json); the categories
+    # become the dataset's thing_classes.
+    coco.SPLITS = ()
+    datasets.COCO_JSONS = coco
+    return _add_missing(cfg, "DATASETS", datasets)
+
+
 # Every part of hila_d2's config, in the order their keys appear in a config.
 CONFIG_PARTS: Tuple[Callable[[CN], CN], ...] = (
     add_mit_config,
@@ -398,6 +424,7 @@ CONFIG_PARTS: Tuple[Callable[[CN], CN], ...] = (
     add_input_config,
     add_weights_config,
     add_solver_config,
+    add_datasets_config,
 )
 
 
@@ -415,5 +442,5 @@ def add_hila_config(cfg: CN) -> CN:
 
 
 def hila_defaults() -> CN:
-    """A tree of hila_d2's keys only (MODEL, INPUT, SOLVER, TEST), with their defaults."""
+    """A tree of hila_d2's keys only (MODEL, INPUT, SOLVER, TEST, DATASETS), with their defaults."""
     return add_hila_config(CN())

@@ -30,6 +30,7 @@ from detectron2.modeling.backbone import FPN
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from .data.custom_config import check_dataset_keys
 from .hooks import build_hila_warmup
 from .modeling.backbone.pyramid import PyramidBackbone
 from .modeling.meta_arch.hmsa import HierarchicalMultiScaleSegmentor
@@ -118,9 +119,12 @@ def validate_config(cfg: CfgNode) -> None:
     """Raise a ValueError naming the key, its value and the allowed values for the first model
     key of ``cfg`` that cannot build a working model; return None when the model builds.
 
-    Checks, in order: the registry names (meta-architecture, backbone, heads), the backbone's own
-    keys (variant, HILA stages, ...), that every head reads features the backbone outputs, that
-    a hila_d2 encoder returns no feature whose parameters nothing would train (for the
+    Checks, in order: the registry names (meta-architecture, backbone, heads), the dataset keys
+    ``DATASETS.SEM_SEG_FOLDERS`` / ``COCO_JSONS`` and, for a semantic model, its
+    MODEL.SEM_SEG_HEAD.NUM_CLASSES and IGNORE_VALUE against the folders' CLASSES and
+    IGNORE_LABEL (``hila_d2.data.custom_config.check_dataset_keys``, a ``DatasetError``, which is
+    a ValueError; no file is read), the backbone's own keys (variant, HILA stages, ...), that
+    every head reads features the backbone outputs, that a hila_d2 encoder returns no feature whose parameters nothing would train (for the
     meta-architectures whose heads are known), and then every other check made while the model
     is built (e.g. MODEL.HMSA scale lists), and last SOLVER.HILA_WARMUP_ITERS
     (``hila_d2.hooks.build_hila_warmup``). Nothing is allocated and the random number generators
@@ -139,6 +143,7 @@ def validate_config(cfg: CfgNode) -> None:
             model.PROPOSAL_GENERATOR.NAME,
         )
         _registered(ROI_HEADS_REGISTRY, "MODEL.ROI_HEADS.NAME", model.ROI_HEADS.NAME)
+    check_dataset_keys(cfg)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         backbone = build_backbone(cfg)
         outputs = backbone.output_shape()

@@ -68,6 +68,12 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for name in order for item in files[name]]
 
 
+def pytest_runtest_setup(item):
+    """Tests marked ``cuda`` skip where torch sees no CUDA GPU."""
+    if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
 def parse_final_metrics(log: str) -> Dict[str, float]:
     """The last evaluation results in ``log`` as ``task/metric`` -> value (e.g.
     ``"sem_seg/mIoU"``), read from the ``copypaste:`` lines that detectron2's

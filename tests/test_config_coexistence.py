@@ -23,6 +23,7 @@ from hila_d2.config import (
     MOVED_KEYS,
     SHARED_KEYS,
     add_boundary_fscore_config,
+    add_datasets_config,
     add_decode_head_config,
     add_hatnet_config,
     add_hila_attention_config,
@@ -310,6 +311,7 @@ PART_KEYS = {
         "SOLVER.OPTIMIZER", "SOLVER.BETAS", "SOLVER.HEAD_LR_MULTIPLIER", "SOLVER.POLY_LR_POWER",
         "SOLVER.HILA_WARMUP_ITERS",
     ),
+    add_datasets_config: ("DATASETS.SEM_SEG_FOLDERS.", "DATASETS.COCO_JSONS."),
 }  # fmt: skip
 PARTS = list(PART_KEYS)
 

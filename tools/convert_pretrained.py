@@ -8,11 +8,15 @@ detectron2 checkpoint of a hila_d2 model, for ``MODEL.WEIGHTS``:
     python tools/convert_pretrained.py HAT-Net_Small.pth output/hatnet_s_fpn.pkl --fpn
     python tools/convert_pretrained.py segformer-b0-finetuned-ade-512-512/ output/segformer_b0.pkl
     python tools/convert_pretrained.py swin_tiny_patch4_window7_224/model.safetensors swin_t.pkl
+    python tools/convert_pretrained.py hf://nvidia/segformer-b0-finetuned-ade-512-512 segformer.pkl
+    python tools/convert_pretrained.py timm://swin_tiny_patch4_window7_224 swin_t.pkl
 
 SRC may be any format of ``SUPPORTED_FORMATS`` in any file kind that ``hila_d2.checkpoint.files``
 reads: ``.pth``/``.bin``/``.pkl``, ``.safetensors``, or a hub model directory (transformers'
 ``save_pretrained`` output, a downloaded snapshot); a ``config.json`` beside transformers or timm
-weights is checked against them.
+weights is checked against them. SRC may also be a hub name (``hila_d2.checkpoint.hub``):
+``hf://ORG/REPO`` (a model directory), ``hf://ORG/REPO/FILE``, either with ``@REVISION``, or
+``timm://MODEL[.TAG]``, fetched into (or read from) the Hugging Face cache.
 
 DST ending in ``.pkl`` gets detectron2's model-zoo layout (numpy arrays, no name-matching
 heuristics); ``.pth`` gets the same dict with tensors. Where the source names its classes (a
@@ -42,6 +46,7 @@ from hila_d2.checkpoint.files import (  # noqa: F401  (HILA_NOTE, config_value: 
     read_checkpoint,
     report_lines,
 )
+from hila_d2.checkpoint.hub import hub_local_path, is_hub_name
 
 BACKBONE = "backbone."
 FPN_ENCODER = "backbone.bottom_up."  # detectron2's FPN holds the encoder as its bottom_up
@@ -82,7 +87,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "src",
         help="official checkpoint (.pth, .pkl), transformers or timm weights (.safetensors, "
-        ".bin) or a model directory (config.json + model.safetensors or pytorch_model.bin)",
+        ".bin), a model directory (config.json + model.safetensors or pytorch_model.bin), or a "
+        "hub name: hf://ORG/REPO[/FILE][@REVISION], timm://MODEL[.TAG]",
     )
     parser.add_argument("dst", help="output detectron2 checkpoint, ending in .pkl or .pth")
     parser.add_argument(
@@ -101,8 +107,15 @@ def main(argv=None) -> None:
     if not args.dst.endswith((".pkl", ".pth")):
         parser.error(f"DST must end in .pkl or .pth, got {args.dst!r}")
 
+    src = args.src
+    if is_hub_name(src):
+        try:
+            src = hub_local_path(src)
+        except ValueError as e:  # malformed, unknown, or neither on the hub nor in the cache
+            sys.exit(f"error: {e}")
+        print(f"{args.src} resolved to {src}")
     try:
-        source = read_checkpoint(args.src)
+        source = read_checkpoint(src)
     except ValueError as e:  # missing, truncated or not a checkpoint: all mean "cannot read"
         sys.exit(f"error: {e}")
     try:

@@ -28,6 +28,7 @@ from .files import (
     read_checkpoint,
     report_lines,
 )
+from .hub import is_hub_name
 
 __all__ = ["CheckpointError", "ValidatingCheckpointer"]
 
@@ -81,7 +82,10 @@ class ValidatingCheckpointer(DetectionCheckpointer):
     ``tools/convert_pretrained.py`` would (``hila_d2.checkpoint.files``, the same report logged,
     Swin tables resized to the model's window, FPN models' ``backbone.bottom_up`` names), and
     the same errors refuse it before any weight is loaded. A file holding any key of the model
-    loads as before, unconverted.
+    loads as before, unconverted. A hub name (``hf://ORG/REPO[/FILE][@REVISION]``,
+    ``timm://MODEL``: ``hila_d2.checkpoint.hub``) is first resolved to its file or model
+    directory in the Hugging Face cache, downloaded where needed; a name that does not resolve
+    raises a ``HubWeightsError`` (``HubWeightsNotFoundError`` offline and not cached).
 
     Class names: a checkpoint's top-level ``"stuff_classes"`` entry (``CLASS_NAMES``: a list of
     str, written by ``tools/convert_pretrained.py`` and by this checkpointer's ``save``; a hub
@@ -122,6 +126,8 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         self.loaded_path = path
         self.class_names = None
         self._converted_from = None
+        if is_hub_name(path):  # the cached file or snapshot directory (HubPathHandler)
+            path = self.path_manager.get_local_path(path)
         if path and os.path.isdir(path):  # a model directory: its weights file, config.json beside
             found = [os.path.join(path, n) for n in HUB_WEIGHTS]
             found = [f for f in found if os.path.isfile(f)]

@@ -21,6 +21,7 @@ one column wide and the stride is above 1 (MiT's stage-3 spatial-reduction conv 
 grid); with oneDNN off (``onednn_off``) the same op is sound. Run as a program, this module
 audits a config's model on this machine (``main``).
 """
+import contextlib
 import math
 from typing import Any, List, NamedTuple, Tuple
 
@@ -117,10 +118,16 @@ class KernelAudit(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
 def onednn_off():
     """A context in which torch's CPU convolutions and matmuls take ATen's own kernels instead of
-    oneDNN's (``torch.backends.mkldnn``), the workaround for a faulty oneDNN bf16 kernel."""
-    return torch.backends.mkldnn.flags(enabled=False, allow_tf32=None)
+    oneDNN's (``torch.backends.mkldnn.enabled``), the workaround for a faulty oneDNN bf16 kernel."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def audit_model(model: torch.nn.Module, images: torch.Tensor) -> List[KernelFault]:

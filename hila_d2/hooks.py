@@ -20,7 +20,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 
-from .modeling.hila_encoder import HILAPairs
+from .modeling.hila import HILAPairs
 
 __all__ = ["HILAWarmup", "build_hila_warmup", "hila_warmup", "set_hila_strength"]
 

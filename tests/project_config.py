@@ -1,29 +1,37 @@
-"""Shared by the tests: the project's YAML configs loaded for CPU runs, scripts imported as
-modules, the optimizer hyperparameters of each parameter, and checks of bf16 results that
-tell this machine's faulty kernels from hila_d2 bugs."""
+"""Shared by the tests: detectron2's defaults with hila_d2's keys, the project's YAML configs
+loaded for CPU runs, scripts imported as
+modules, the demo recording what it draws with, the optimizer hyperparameters of each parameter,
+and checks of bf16 results that tell this machine's faulty kernels from hila_d2 bugs."""
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Tuple
 
 import pytest
 from detectron2.config import CfgNode, get_cfg
+from PIL import Image
 
-import hila_d2
+from hila_d2.config import add_hila_config, load_single_process_config
 from hila_d2.utils.kernel_audit import KernelAudit, KernelFault, onednn_off
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_config(config_file: str, *opts) -> CfgNode:
-    """``config_file`` (relative to the repository) with hila_d2's keys, on CPU with BatchNorm for
-    SyncBN (which needs GPUs), then the ``KEY VALUE`` pairs of ``opts``."""
+def default_config(**keys) -> CfgNode:
+    """detectron2's defaults plus hila_d2's keys, then ``keys`` by full dotted name through
+    ``merge_from_list`` (``default_config(**{"MODEL.MIT.VARIANT": "B1"})``). Not frozen."""
     cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.merge_from_file(str(REPO / config_file))
-    cfg.MODEL.DEVICE = "cpu"
-    if cfg.MODEL.SEM_SEG_HEAD.NORM == "SyncBN":
-        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    cfg.merge_from_list(list(opts))
+    add_hila_config(cfg)
+    for key, value in keys.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def load_config(config_file: str, *opts) -> CfgNode:
+    """``config_file`` (relative to the repository) with hila_d2's keys, on CPU, then the ``KEY
+    VALUE`` pairs of ``opts``, by ``load_single_process_config``: BatchNorm where the result asks
+    for SyncBN (which needs GPUs). Not frozen: the tests may change it."""
+    cfg = load_single_process_config(str(REPO / config_file), ["MODEL.DEVICE", "cpu", *opts])
+    cfg.defrost()
     return cfg
 
 
@@ -40,6 +48,29 @@ def load_script(path: str):
 def load_train_net():
     """``train_net.py`` imported as a module."""
     return load_script("train_net.py")
+
+
+def recording_demo(
+    monkeypatch, tmp_path: Path, config: str, num_classes: int
+) -> Tuple[Callable[..., None], List[Any]]:
+    """(run, drawn_with): ``run(*opts)`` runs ``tools/demo.py`` with ``config`` (relative to the
+    repository), no test set, ``num_classes`` classes and then ``opts`` on a blank 48x32 image
+    ``tmp_path / "in.png"``, drawing to ``tmp_path / "vis.png"``; ``drawn_with`` collects the
+    metadata of each ``VideoVisualizer`` the demo makes (``monkeypatch`` swaps the class)."""
+    demo = load_script("tools/demo.py")
+    drawn_with: List[Any] = []
+
+    class Recording(demo.VideoVisualizer):
+        def __init__(self, metadata, *args, **kwargs):
+            drawn_with.append(metadata)
+            super().__init__(metadata, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "VideoVisualizer", Recording)
+    Image.new("RGB", (48, 32)).save(tmp_path / "in.png")
+    args = ["--config-file", str(REPO / config), "--input", str(tmp_path / "in.png"),
+            "--output", str(tmp_path / "vis.png"), "DATASETS.TEST", "()",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes)]  # fmt: skip
+    return lambda *opts: demo.main([*args, *opts]), drawn_with
 
 
 def hyperparams_by_name(model, optimizer) -> dict:

@@ -12,8 +12,8 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from project_config import load_config, load_script
 
-from hila_d2.utils.benchmarks import published
-from hila_d2.utils.profiling import sdpa_flop_jit
+from benchmarks import published
+from benchmarks.profiling import sdpa_flop_jit
 
 CONFIG = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
 PLAIN_CONFIG = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"

@@ -35,14 +35,14 @@ from detectron2.modeling import build_model
 from project_config import judged_on_sound_kernels, load_config, load_train_net
 
 import hila_d2
-from hila_d2.modeling import hila_attention
+from hila_d2.modeling.hila import attention as hila_attention
 from hila_d2.modeling.backbone.hatnet import HATNet, HierarchicalAttention
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SWIN_VARIANTS, SwinTransformerBackbone
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
 from hila_d2.modeling.heads.upernet_head import UPerNetHead
 from hila_d2.modeling.hila import HILASettings
-from hila_d2.modeling.hila_attention import BottomUpAttention, TopDownAttention
+from hila_d2.modeling.hila.attention import BottomUpAttention, TopDownAttention
 from hila_d2.modeling.meta_arch import hmsa as hmsa_module
 from hila_d2.solver import build_optimizer
 

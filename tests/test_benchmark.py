@@ -12,7 +12,7 @@ import torch
 import transformers
 from project_config import load_script
 
-from hila_d2.utils.benchmarks import speed
+from benchmarks import speed
 
 TINY = [
     "speed", "--size", "64", "64", "--batch", "1", "--warmup", "0", "--repeats", "1",

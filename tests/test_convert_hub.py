@@ -22,6 +22,7 @@ from project_config import REPO, load_config, load_script, load_train_net
 from safetensors.torch import save_file
 from torch import nn
 
+from benchmarks.references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
 from hila_d2.checkpoint import convert as convert_module
 from hila_d2.checkpoint.convert import convert_checkpoint, convert_swin, detect_format
 from hila_d2.checkpoint.files import CLASS_NAMES, convert_file, read_checkpoint
@@ -30,7 +31,6 @@ from hila_d2.data.metadata import set_class_names
 from hila_d2.modeling.backbone.mit import STAGE_NAMES, MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
-from hila_d2.testing.references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
 
 transformers = pytest.importorskip("transformers")
 ODD_SIZE = (75, 110)
@@ -641,22 +641,11 @@ def test_train_net_reports_iou_by_the_hub_class_names(tmp_path, datasets):
 
 
 def test_demo_draws_the_hub_class_names(tmp_path, monkeypatch):
-    demo = load_script("tools/demo.py")
-    drawn_with = []
+    from project_config import recording_demo
 
-    class Recording(demo.VideoVisualizer):
-        def __init__(self, metadata, *args, **kwargs):
-            drawn_with.append(metadata)
-            super().__init__(metadata, *args, **kwargs)
-
-    monkeypatch.setattr(demo, "VideoVisualizer", Recording)
-    Image.new("RGB", (48, 32)).save(tmp_path / "in.png")
-    hub = _save_pretrained(_hf_labelled(), tmp_path / "segformer")
-    args = ["--config-file", str(REPO / CONFIG), "--input", str(tmp_path / "in.png"),
-            "--output", str(tmp_path / "vis.png"), "DATASETS.TEST", "()",
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(len(LABELS))]
-    demo.main([*args, "MODEL.WEIGHTS", hub])
+    run_demo, drawn_with = recording_demo(monkeypatch, tmp_path, CONFIG, len(LABELS))
+    run_demo("MODEL.WEIGHTS", _save_pretrained(_hf_labelled(), tmp_path / "segformer"))
     assert [m.stuff_classes for m in drawn_with] == [LABELS]
     assert (tmp_path / "vis.png").is_file()
     with pytest.raises(ValueError, match="DATASETS.TEST is empty and MODEL.WEIGHTS names no"):
-        demo.main(args)  # random weights name no classes
+        run_demo()  # random weights name no classes

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from project_config import load_script
 from timm.models.swin_transformer import SwinTransformer
 
+from benchmarks.references import timm_swin
 from hila_d2.checkpoint.convert import (
     SUPPORTED_FORMATS,
     convert_checkpoint,
@@ -17,7 +18,6 @@ from hila_d2.checkpoint.convert import (
     infer_swin_variant,
 )
 from hila_d2.modeling.backbone.swin import SWIN_VARIANTS, SwinTransformerBackbone
-from hila_d2.testing.references import timm_swin
 
 NORMS = sorted(f"backbone.norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
 # hand-written official -> hila_d2 pairs

@@ -7,7 +7,7 @@ import torch
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.modeling.backbone.hatnet import HATNet, HATNetBlock
 from hila_d2.modeling.hila import HILASettings
-from hila_d2.modeling.hila_pair import HILAPair
+from hila_d2.modeling.hila.pair import HILAPair
 
 
 def hila_hatnet(stages, **kwargs) -> HATNet:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hila_d2.modeling.hila_attention import BottomUpAttention, TopDownAttention, attention_weights
-from hila_d2.modeling.hila_blocks import BottomUpBlock, TopDownBlock
-from hila_d2.modeling.hila_schedule import hila_schedule
+from hila_d2.modeling.hila.attention import BottomUpAttention, TopDownAttention, attention_weights
+from hila_d2.modeling.hila.blocks import BottomUpBlock, TopDownBlock
+from hila_d2.modeling.hila.schedule import hila_schedule
 
 TOL = 1e-6
 

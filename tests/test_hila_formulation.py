@@ -1,29 +1,29 @@
-"""The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila_attention``)
-against the first, unfold/gather one (``hila_d2.testing.hila_reference``): the same outputs and
+"""The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila.attention``)
+against the first, unfold/gather one (``benchmarks.hila_reference``): the same outputs and
 gradients in float32, at module and encoder level; the views it is built from; activation
 checkpointing; channels-last depthwise weights; and ``torch.compile`` without graph breaks."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.hila_reference import (
+    reference_bottom_up,
+    reference_formulation,
+    reference_top_down,
+)
 from hila_d2.modeling.backbone.hatnet import HATNet
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.hila import HILASettings
-from hila_d2.modeling.hila_attention import (
+from hila_d2.modeling.hila.attention import (
     BottomUpAttention,
     TopDownAttention,
     interleave_sub_positions,
     patch_children,
     sub_position_children,
 )
-from hila_d2.modeling.hila_pair import HILAPair
+from hila_d2.modeling.hila.pair import HILAPair
 from hila_d2.modeling.mix_ffn import MixFFN
-from hila_d2.testing.hila_reference import (
-    reference_bottom_up,
-    reference_formulation,
-    reference_top_down,
-)
 
 TOL = 1e-5  # float32, as the formulations sum in different orders
 GEOMETRIES = [(3, 4, 6, 8), (4, 3, 7, 5), (5, 5, 9, 9)]  # (Ht, Wt, Hb, Wb), odd Hb/Wb included
@@ -226,13 +226,13 @@ def test_mix_ffn_depthwise_weights_are_channels_last_and_stay_so():
 
 
 def _hila_graph_breaks(model, images):
-    """(graph breaks whose stack passes through a HILA module, ``hila_d2/modeling/hila*.py``,
+    """(graph breaks whose stack passes through a HILA module, ``hila_d2/modeling/hila/``,
     graph count, all graph breaks)."""
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(images)
     in_hila = [
         b for b in explanation.break_reasons
-        if any("/modeling/hila" in frame.filename for frame in b.user_stack)
+        if any("/modeling/hila/" in frame.filename for frame in b.user_stack)
     ]  # fmt: skip
     return in_hila, explanation.graph_count, explanation.graph_break_count
 

@@ -13,7 +13,7 @@ import hila_d2
 from hila_d2.hooks import HILAWarmup, build_hila_warmup, set_hila_strength
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.hila import HILASettings
-from hila_d2.modeling.hila_pair import HILAPair
+from hila_d2.modeling.hila.pair import HILAPair
 
 CONFIG = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
 

@@ -19,6 +19,7 @@ from huggingface_hub import constants
 from project_config import load_config, load_script
 from torch import nn
 
+from benchmarks.references import hf_segformer_config
 from hila_d2.checkpoint import hub
 from hila_d2.checkpoint.hub import (
     HubPathHandler,
@@ -28,7 +29,6 @@ from hila_d2.checkpoint.hub import (
 )
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
-from hila_d2.testing.references import hf_segformer_config
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -241,24 +241,10 @@ def test_cli_writes_the_same_file_for_the_name(cache, tmp_path, capsys):
 
 def test_demo_takes_a_hub_name(cache, tmp_path, monkeypatch):
     """MODEL.WEIGHTS hf://... in tools/demo.py: the model and the class names of the repository."""
-    from PIL import Image
-    from project_config import REPO
+    from project_config import recording_demo
 
-    demo = load_script("tools/demo.py")
-    drawn_with = []
-
-    class Recording(demo.VideoVisualizer):
-        def __init__(self, metadata, *args, **kwargs):
-            drawn_with.append(metadata)
-            super().__init__(metadata, *args, **kwargs)
-
-    monkeypatch.setattr(demo, "VideoVisualizer", Recording)
-    Image.new("RGB", (48, 32)).save(tmp_path / "in.png")
-    demo.main(
-        ["--config-file", str(REPO / CONFIG), "--input", str(tmp_path / "in.png"), "--output",
-         str(tmp_path / "vis.png"), "DATASETS.TEST", "()", "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
-         str(len(LABELS)), "MODEL.WEIGHTS", f"hf://{SEGFORMER}@v2"]
-    )  # fmt: skip
+    run_demo, drawn_with = recording_demo(monkeypatch, tmp_path, CONFIG, len(LABELS))
+    run_demo("MODEL.WEIGHTS", f"hf://{SEGFORMER}@v2")
     assert [m.stuff_classes for m in drawn_with] == [LABELS]
     assert (tmp_path / "vis.png").is_file()
 

@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-import hila_d2
 from hila_d2.modeling.backbone.mit import MIT_VARIANTS, MixVisionTransformer
+
+from project_config import default_config
 
 # Encoder parameter counts of SegFormer's MiT (millions), without the ImageNet classifier.
 SEGFORMER_ENCODER_PARAMS_M = {
@@ -17,13 +17,8 @@ SEGFORMER_ENCODER_PARAMS_M = {
 
 
 def mit_cfg(variant="B0", **overrides):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = "build_mit_backbone"
-    cfg.MODEL.MIT.VARIANT = variant
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
+    keys = {"MODEL.BACKBONE.NAME": "build_mit_backbone", "MODEL.MIT.VARIANT": variant}
+    return default_config(**{**keys, **overrides})
 
 
 @pytest.mark.parametrize("variant", sorted(SEGFORMER_ENCODER_PARAMS_M))

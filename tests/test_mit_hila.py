@@ -251,7 +251,7 @@ def test_no_hila_pretraining_warns_and_keeps_the_block_when_the_checkpoint_does_
         state.update({f"backbone.hila.23.bottom_block.{k}": v
                       for k, v in initial.items() if k.startswith("attn.q.")})  # fmt: skip
     torch.save({"model": state}, tmp_path / "partial.pth")
-    with caplog.at_level("WARNING", logger="hila_d2.modeling.hila_encoder"):
+    with caplog.at_level("WARNING", logger="hila_d2.modeling.hila.encoder"):
         ValidatingCheckpointer(model, optional_keys=["*"]).load(str(tmp_path / "partial.pth"))
     assert "HILA pair 23: not initialising its lower-level block" in caplog.text
     for key, value in block.state_dict().items():

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from transformers import SegformerForSemanticSegmentation, SegformerModel
 
+from benchmarks.references import hf_segformer_config, use_mit_eps
 from hila_d2.checkpoint.convert import convert_segformer
 from hila_d2.checkpoint.segformer import hf_segformer_to_official
 from hila_d2.modeling.backbone.mit import STAGE_NAMES, MixVisionTransformer
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
-from hila_d2.testing.references import hf_segformer_config, use_mit_eps
 
 SIZES = [(96, 128), (75, 110)]  # a multiple of 32 and not
 

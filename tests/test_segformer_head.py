@@ -2,13 +2,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 
-import hila_d2
 from hila_d2.modeling.heads.segformer_head import SegFormerHead
 from hila_d2.modeling.losses import semantic_segmentation_loss
+
+from project_config import default_config
 
 SHAPES = {
     "res2": ShapeSpec(channels=8, stride=4),
@@ -90,12 +90,14 @@ def test_fuse_concatenates_coarsest_level_first():
 
 
 def test_from_config_and_missing_feature_error():
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "SegFormerHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 7
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg = default_config(
+        **{
+            "MODEL.SEM_SEG_HEAD.NAME": "SegFormerHead",
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES": ["res2", "res3", "res4", "res5"],
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 7,
+            "MODEL.SEM_SEG_HEAD.NORM": "BN",
+        }
+    )
     head = build_sem_seg_head(cfg, SHAPES)
     assert isinstance(head, SegFormerHead)
     assert head.predictor.out_channels == 7 and head.embeds[0].out_features == 256

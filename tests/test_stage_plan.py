@@ -12,7 +12,7 @@ from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.stage_plan import plan_encoder
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
 from hila_d2.modeling.hila import HILASettings
-from hila_d2.modeling.hila_schedule import hila_schedule, plan_pair
+from hila_d2.modeling.hila.schedule import hila_schedule, plan_pair
 
 ALL = ("res2", "res3", "res4", "res5")
 BUILDERS = {

@@ -5,19 +5,19 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from timm.models.swin_transformer import SwinTransformerBlock
 
-import hila_d2
+from benchmarks.references import TimmSwinStages, timm_swin
 from hila_d2.modeling.backbone.swin import (
     SWIN_VARIANTS,
     SwinBlock,
     SwinTransformerBackbone,
 )
 from hila_d2.solver import build_param_groups
-from hila_d2.testing.references import TimmSwinStages, timm_swin
+
+from project_config import default_config
 
 NAMES = ("res2", "res3", "res4", "res5")
 # Swin-T: timm's swin_tiny (28,288,354) - classifier (769,000) - final norm (1,536) + norm0..3
@@ -25,13 +25,8 @@ SWIN_T_PARAMS = 27_520_698
 
 
 def swin_cfg(variant="T", **overrides):
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = "build_swin_backbone"
-    cfg.MODEL.HILA_D2_SWIN.VARIANT = variant
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
+    keys = {"MODEL.BACKBONE.NAME": "build_swin_backbone", "MODEL.HILA_D2_SWIN.VARIANT": variant}
+    return default_config(**{**keys, **overrides})
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:

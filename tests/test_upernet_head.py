@@ -2,12 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 
-import hila_d2
 from hila_d2.modeling.heads.upernet_head import UPerNetHead
+
+from project_config import default_config
 
 SHAPES = {
     "res2": ShapeSpec(channels=8, stride=4),
@@ -48,15 +48,16 @@ def randomize_norm_statistics(head):
 
 
 def head_cfg():
-    cfg = get_cfg()
-    hila_d2.add_hila_config(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "UPerNetHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 7
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    cfg.MODEL.SEM_SEG_HEAD.UPERNET.CHANNELS = 32
-    cfg.MODEL.SEM_SEG_HEAD.UPERNET.POOL_SCALES = (1, 3)
-    return cfg
+    return default_config(
+        **{
+            "MODEL.SEM_SEG_HEAD.NAME": "UPerNetHead",
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES": ["res2", "res3", "res4", "res5"],
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 7,
+            "MODEL.SEM_SEG_HEAD.NORM": "BN",
+            "MODEL.SEM_SEG_HEAD.UPERNET.CHANNELS": 32,
+            "MODEL.SEM_SEG_HEAD.UPERNET.POOL_SCALES": (1, 3),
+        }
+    )
 
 
 @pytest.mark.parametrize("size, padded", [((64, 96), (64, 96)), ((65, 97), (68, 100))])

@@ -46,9 +46,11 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import hila_d2
-from hila_d2.utils.profiling import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repository's benchmarks/ (not installed with hila_d2)
+from benchmarks.profiling import markdown_table  # noqa: E402
+
 RECORD_FILE = "ablation_run.json"
 MIOU_KEY, MBF_KEY = "sem_seg/mIoU", "boundary_fscore/mBF"  # metrics.json of one test dataset
 # of cfg.SOLVER

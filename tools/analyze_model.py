@@ -19,7 +19,9 @@ Every table is Markdown; FLOPs use fvcore's counts as detectron2 sets them up, p
 ``aten::scaled_dot_product_attention`` (the multiply-adds of Q·Kᵀ and A·V).
 """
 import argparse
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -32,9 +34,12 @@ from fvcore.nn import parameter_count
 from torch import nn
 
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
-from hila_d2.utils.benchmarks import published
-from hila_d2.utils.benchmarks.configs import benchmark_config, project_file
-from hila_d2.utils.profiling import markdown_table, sdpa_flop_jit
+
+# the repository's benchmarks/ (not installed with hila_d2), from any working directory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import published  # noqa: E402
+from benchmarks.configs import benchmark_config, project_file  # noqa: E402
+from benchmarks.profiling import markdown_table, sdpa_flop_jit  # noqa: E402
 
 TASKS = ("parameter", "flop", "activation", "structure")
 PUBLISHED_TASKS = ("parameter", "flop")

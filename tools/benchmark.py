@@ -9,15 +9,19 @@
 
 Every sub-command takes the common flags ``--size H W``, ``--batch``, ``--device`` (cuda when
 available), ``--threads``, ``--warmup`` and ``--repeats``, each with that sub-command's default,
-then its own flags. The measurements live in ``hila_d2.utils.benchmarks``; docs/BENCHMARKS.md
-shows their tables.
+then its own flags. The measurements live in the repository's ``benchmarks/`` (not installed
+with hila_d2); docs/BENCHMARKS.md shows their tables.
 """
 import argparse
+import sys
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from hila_d2.utils.benchmarks import hila_cost, hmsa_memory, latency, published, speed
+# the repository's benchmarks/ (not installed with hila_d2), from any working directory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import hila_cost, hmsa_memory, latency, published, speed  # noqa: E402
 
 
 def add_common_flags(

@@ -11,7 +11,6 @@ file is read too, and is checked against the weights of the transformers and tim
 """
 
 import json
-import math
 import os
 import pickle
 import re
@@ -24,6 +23,7 @@ import torch
 from ..modeling.backbone.mit import MIT_NUM_HEADS, MIT_SR_RATIOS, MIT_VARIANTS
 from .convert import convert_checkpoint, detect_format
 from .core import ConversionResult, Format, state_dict_of
+from .swin import swin_window_size
 
 __all__ = [
     "CLASS_NAMES",
@@ -198,15 +198,6 @@ def _check_timm_config(
         raise ValueError(f"{where} disagrees with the weights beside it: {'; '.join(problems)}")
 
 
-def _file_window(obj: Any) -> Optional[int]:
-    """The window of the first relative position bias table in ``obj``'s state dict."""
-
-    for key, value in state_dict_of(obj).items():
-        if isinstance(key, str) and key.endswith("relative_position_bias_table"):
-            return (math.isqrt(value.shape[0]) + 1) // 2
-    return None
-
-
 def convert_source(
     source: SourceFile,
     window_size: Optional[int] = None,
@@ -224,7 +215,8 @@ def convert_source(
             if source_format.name.startswith("hf_"):
                 result.labels = _check_hf_segformer_config(result, source.config, where)
             elif source_format.name.startswith("timm_"):
-                _check_timm_config(result, source.config, where, _file_window(source.obj))
+                file_window = swin_window_size(state_dict_of(source.obj))
+                _check_timm_config(result, source.config, where, file_window)
     except ValueError as error:
         raise ValueError(f"{source.path!r}: {error}") from None
     return result

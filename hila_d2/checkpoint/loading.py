@@ -7,7 +7,6 @@ keeps the class names a checkpoint carries (``class_names``) and writes them int
 it saves.
 """
 import fnmatch
-import math
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
@@ -15,7 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..modeling.hila_encoder import init_bottom_blocks_from_lower_stage
+from ..modeling.hila import init_bottom_blocks_from_lower_stage
 from .convert import detect_format
 from .core import PREDICTOR, state_dict_of
 from .files import (
@@ -29,6 +28,7 @@ from .files import (
     report_lines,
 )
 from .hub import is_hub_name
+from .swin import swin_window_size
 
 __all__ = ["CheckpointError", "ValidatingCheckpointer"]
 
@@ -186,7 +186,7 @@ class ValidatingCheckpointer(DetectionCheckpointer):
             return loaded  # as before: _load_model lists what does not fit
         window = None
         if source_format.resizes_window:
-            window = self._model_window()
+            window = swin_window_size(self.model.state_dict())  # None: no Swin in the model
         try:
             result = convert_source(source, window_size=window, source_format=source_format)
         except ValueError as error:
@@ -199,13 +199,6 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         return checkpoint_data(
             result, model, f"hila_d2 in-memory conversion ({result.source_format})"
         )
-
-    def _model_window(self) -> Optional[int]:
-        """The attention window of the model's Swin (its relative position tables), or None."""
-        for key, value in self.model.state_dict().items():
-            if key.endswith("relative_position_bias_table") and value.dim() == 2:  # not HILA's
-                return (math.isqrt(value.shape[0]) + 1) // 2
-        return None
 
     def _model_names(self, converted: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """``converted`` (``backbone.…`` names) under ``backbone.bottom_up.…`` when the model is

@@ -124,9 +124,9 @@ def _replace_prefix(name: str, renames: Mapping[str, str]) -> str:
     return renames[old] + name[len(old) :]
 
 
-def _official_mit_name(name: str) -> Optional[str]:
-    """HF encoder name ``stages.{i}.…`` -> NVlabs MiT name; None for ``attention.v_proj``, which
-    goes into ``attn.kv`` with ``attention.k_proj``."""
+def _official_mit_name(name: str) -> str:
+    """HF encoder name ``stages.{i}.…`` -> NVlabs MiT name; ``attention.k_proj`` and
+    ``attention.v_proj`` both -> ``attn.kv``."""
     stage, rest = re.fullmatch(r"stages\.(\d)\.(.+)", name).groups()
     i = int(stage) + 1
     if rest.startswith("patch_embeddings."):
@@ -134,11 +134,23 @@ def _official_mit_name(name: str) -> Optional[str]:
     if rest.startswith("layer_norm."):
         return f"norm{i}.{rest[len('layer_norm.'):]}"
     block, local = re.fullmatch(r"blocks\.(\d+)\.(.+)", rest).groups()
-    if local.startswith("attention.v_proj."):
-        return None
-    if local.startswith("attention.k_proj."):
+    if re.match(r"attention\.[kv]_proj\.", local):
         return f"block{i}.{block}.attn.kv.{local.rsplit('.', 1)[1]}"
     return f"block{i}.{block}.{_replace_prefix(local, _HF_BLOCK_RENAMES)}"
+
+
+def _hf_v5_official_name(key: str) -> str:
+    """transformers 5.x in-memory Segformer name -> official name, or "" if it has none:
+    ``[segformer.]stages.{i}.…`` -> NVlabs MiT ``patch_embed{i+1}|block{i+1}.{j}|norm{i+1}.…``
+    (K and V both -> ``attn.kv``; no ``backbone.`` prefix), ``decode_head.…`` -> mmseg
+    ``decode_head.linear_c{k+1}|linear_fuse.conv|linear_fuse.bn|linear_pred.…``."""
+    try:
+        if key.startswith("decode_head."):
+            local = key[len("decode_head.") :]
+            return "decode_head." + _replace_prefix(local, _HF_HEAD_RENAMES)
+        return _official_mit_name(key[len("segformer.") :] if key.startswith("segformer.") else key)
+    except (AttributeError, StopIteration):
+        return ""
 
 
 def hf_segformer_to_official(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -156,17 +168,14 @@ def hf_segformer_to_official(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, 
     """
     official = {}
     for name, value in hf_state.items():
-        if name.startswith("decode_head."):
-            local = name[len("decode_head.") :]
-            official["decode_head." + _replace_prefix(local, _HF_HEAD_RENAMES)] = value
-            continue
-        prefix = "backbone." if name.startswith("segformer.") else ""
-        official_name = _official_mit_name(name[len("segformer.") :] if prefix else name)
-        if official_name is None:
-            continue
+        if _is_value(name):
+            continue  # joins its K in attn.kv
+        official_name = _hf_v5_official_name(name)
+        if not official_name:
+            raise ValueError(f"{name!r} is no transformers 5.x Segformer name")
         if official_name.split(".")[-2] == "kv":
             value = torch.cat([value, hf_state[name.replace("k_proj", "v_proj")]])
-        official[prefix + official_name] = value
+        official[("backbone." if name.startswith("segformer.") else "") + official_name] = value
     return official
 
 
@@ -262,21 +271,6 @@ _HF_ON_DISK = compile_renames(
     (rf"decode_head\.batch_norm\.{_HF_PARAM}", "decode_head.linear_fuse.bn."),
     (rf"decode_head\.classifier\.{_HF_PARAM}", "decode_head.linear_pred."),
 )
-
-
-def _hf_v5_official_name(key: str) -> str:
-    """transformers 5.x in-memory name (``[segformer.]stages.…``, ``decode_head.…``) -> the
-    official name (K and V both -> ``attn.kv``), or "" if it has none."""
-    try:
-        if key.startswith("decode_head."):
-            local = key[len("decode_head.") :]
-            return "decode_head." + _replace_prefix(local, _HF_HEAD_RENAMES)
-        local = key[len("segformer.") :] if key.startswith("segformer.") else key
-        if ".attention.v_proj." in local:
-            local = local.replace(".attention.v_proj.", ".attention.k_proj.")
-        return _official_mit_name(local) or ""
-    except (AttributeError, StopIteration):
-        return ""
 
 
 def _is_value(key: str) -> bool:

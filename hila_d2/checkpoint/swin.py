@@ -2,7 +2,7 @@
 names."""
 import math
 import re
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -31,6 +31,7 @@ __all__ = [
     "convert_timm_swin_state_dict",
     "infer_swin_variant",
     "swin_shapes",
+    "swin_window_size",
     "upernet_shapes",
 ]
 
@@ -137,9 +138,30 @@ def infer_swin_variant(model: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def _swin_window_size(tables: Mapping[Tuple[int, int], torch.Tensor]) -> int:
-    """The window w of relative position bias tables that all have (2w-1)^2 rows."""
-    rows = sorted({table.shape[0] for table in tables.values()})
+def swin_window_size(
+    state_or_tables: Union[Mapping[str, torch.Tensor], Iterable[torch.Tensor]],
+) -> Optional[int]:
+    """The attention window of Swin relative position bias tables: a table of shape
+    ((2w-1)^2, heads) -> w.
+
+    ``state_or_tables``: a state dict, whose tables are its 2-dim entries named
+    ``…relative_position_bias_table`` (HILA's 1-dim tables of that name are not Swin's), or the
+    tables themselves. None for a state dict without any; ValueError unless the tables (at least
+    one, when given themselves) all have the (2w-1)^2 rows of one window w.
+    """
+    if isinstance(state_or_tables, Mapping):
+        tables = [
+            value
+            for key, value in state_or_tables.items()
+            if isinstance(key, str)
+            and key.endswith("relative_position_bias_table")
+            and value.dim() == 2
+        ]
+        if not tables:
+            return None
+    else:
+        tables = list(state_or_tables)
+    rows = sorted({table.shape[0] for table in tables})
     side = math.isqrt(rows[0]) if len(rows) == 1 else 0
     if side % 2 == 0 or side * side != rows[0]:
         raise ValueError(
@@ -155,7 +177,7 @@ def _fit_window(
     bicubically to ``window_size`` (None: keep the file's own window) as (2w-1)x(2w-1) images,
     one per head, as the official Swin code does."""
     tables = _swin_tables(model)
-    file_window = _swin_window_size(tables)
+    file_window = swin_window_size(tables.values())
     if window_size is None or window_size == file_window:
         return file_window
     rows = (2 * window_size - 1) ** 2
@@ -282,7 +304,7 @@ def convert_hila_swin_state_dict(
     """
     model, source_of, dropped = rename_keys(source, state_dict, _rename_hila_swin)
     variant = infer_swin_variant(model)
-    window_size = _swin_window_size(_swin_tables(model))
+    window_size = swin_window_size(_swin_tables(model).values())
     hila = infer_hila_settings(model)
     for top in hila.stages:
         for name in [n for n in model if n.startswith(f"backbone.norm{top - 2}.")]:

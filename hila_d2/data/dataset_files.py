@@ -15,14 +15,11 @@ detectron2's catalogs and from these records.
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
-
-if TYPE_CHECKING:
-    from .sem_seg_folder import LabelFolder
 
 __all__ = [
     "DatasetError",
@@ -40,8 +37,20 @@ class DatasetError(ValueError):
 
 # name -> the arguments it was registered with (re-registration with the same ones is a no-op)
 _DEFINITIONS: Dict[str, tuple] = {}
+
+
+@dataclass(frozen=True)
+class LabelFolder:
+    """What hila_d2's training mapper needs to check a label of a registered folder dataset."""
+
+    dataset: str
+    label_dir: str
+    num_classes: int
+    ignore_label: int
+
+
 # absolute label folder -> its LabelFolder
-_LABEL_FOLDERS: Dict[str, "LabelFolder"] = {}
+_LABEL_FOLDERS: Dict[str, LabelFolder] = {}
 # COCO datasets registered here -> whether some annotation has an RLE mask
 _COCO_RLE: Dict[str, bool] = {}
 # folder datasets whose labels detectron2's DatasetMapper would misread (its "L" conversion turns
@@ -157,7 +166,7 @@ def _value_fix(num_classes: int, ignore_label: int) -> str:
 
 
 def bad_label_values_message(
-    label_file: str, bad: Iterable[int], folder: "LabelFolder", image_file: str = ""
+    label_file: str, bad: Iterable[int], folder: LabelFolder, image_file: str = ""
 ) -> str:
     """The message of a label with values that are no class of ``folder`` (the mapper's)."""
     of_image = f" (of the image {image_file})" if image_file else ""

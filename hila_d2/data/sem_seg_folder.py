@@ -21,13 +21,13 @@ the file, against the classes of the folder it belongs to (:func:`label_folder_o
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .dataset_files import (
+    LabelFolder,
     _DEFINITIONS,
     _LABEL_FOLDERS,
     _NEEDS_CLASS_ID_READER,
@@ -60,16 +60,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 LABEL_EXTENSION = ".png"
 # PIL modes of label images whose pixels are class ids (np.asarray gives them directly)
 _LABEL_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B")
-
-
-@dataclass(frozen=True)
-class LabelFolder:
-    """What hila_d2's training mapper needs to check a label of a registered folder dataset."""
-
-    dataset: str
-    label_dir: str
-    num_classes: int
-    ignore_label: int
 
 
 def _check_classes(classes, ignore_label) -> List[str]:

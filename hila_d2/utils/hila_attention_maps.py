@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..modeling.hila import pair_tag
-from ..modeling.hila_attention import PATCH, candidate_parents
+from ..modeling.hila.attention import PATCH, candidate_parents
 from .drawing import MIN_DRAW_SIZE, drawing_size, enlarge_image, enlarge_labels
 
 __all__ = [

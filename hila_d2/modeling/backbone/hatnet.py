@@ -15,7 +15,7 @@ global keys pool in ceil mode (``MODEL.HATNET.POOL_CEIL_MODE``), so a border win
 valid pixels. At divisible sizes neither changes anything.
 
 With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
-``hila_d2.modeling.hila_encoder.HILAPairs``), as in MiT: the pair's lower tokens are the lower
+``hila_d2.modeling.hila.HILAPairs``), as in MiT: the pair's lower tokens are the lower
 stage's last block output, the next stage's downsampling reads them before the pair updates them,
 the extra lower-level block is a HAT-Net block of the lower stage (its expansion and kernel, no drop
 path), and the pair's ``bottom_norm``-ed lower tokens replace the lower stage's output.
@@ -30,8 +30,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from ..hila import HILASettings
-from ..hila_encoder import HILAPairs, apply_channels_first
+from ..hila import HILAPairs, HILASettings, apply_channels_first
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 

@@ -8,7 +8,7 @@ spatial-reduction norms). Parameter names are timm's (``patch_embed``, ``stages.
 SegFormer files onto them.
 
 With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
-``hila_d2.modeling.hila_encoder.HILAPairs``), as in the official HILA-SegFormer: the pair's lower
+``hila_d2.modeling.hila.HILAPairs``), as in the official HILA-SegFormer: the pair's lower
 tokens are the lower stage's output after its norm, the upper stage's patch embedding reads that
 output before the pair updates it, the extra lower-level block is a MiT block of the lower stage
 (LayerNorm eps 1e-5, no drop path), and the updated lower tokens, normalised once by the pair's
@@ -24,8 +24,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
-from ..hila import HILASettings
-from ..hila_encoder import HILAPairs
+from ..hila import HILAPairs, HILASettings
 from ..mix_ffn import use_channels_last_depthwise
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder

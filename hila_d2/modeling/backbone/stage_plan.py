@@ -14,8 +14,7 @@ returns the lower stage's output and the upper stage's tokens; ``plan_pair`` fin
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
-from ..hila import HILASettings
-from ..hila_schedule import PairPlan, hila_schedule, plan_pair
+from ..hila import HILASettings, PairPlan, hila_schedule, plan_pair
 from .pyramid import STAGE_NAMES
 
 __all__ = ["EncoderPlan", "plan_encoder"]

@@ -9,7 +9,7 @@ stage. Parameter names are timm's (``patch_embed``, ``layers.{i}.downsample`` fo
 ImageNet files onto them.
 
 With ``MODEL.HILA.STAGES`` set, the HILA pairs live in ``hila.{tag}`` (tag "12", "23", "34";
-``hila_d2.modeling.hila_encoder.HILAPairs``), following the official HILA-Swin (docs/design/hila.md
+``hila_d2.modeling.hila.HILAPairs``), following the official HILA-Swin (docs/design/hila.md
 §4.2): the pair's lower tokens are the lower stage's raw block output (before any norm), the upper
 stage's patch merging reads them before the pair updates them, the extra lower-level block is a Swin
 block of the lower stage used alternately without and with the shift (shift 0 on its even uses,
@@ -39,9 +39,7 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from ..hila import HILASettings
-from ..hila_blocks import init_hila_weights
-from ..hila_encoder import HILAPairs
+from ..hila import HILAPairs, HILASettings, init_hila_weights
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 

@@ -9,6 +9,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..losses import semantic_segmentation_loss
+from .head_inputs import levels_finest_first, select_in_features
 
 __all__ = ["SegFormerHead"]
 
@@ -46,9 +47,7 @@ class SegFormerHead(nn.Module):
             loss_weight: multiplier of the loss.
         """
         super().__init__()
-        if not input_shape:
-            raise ValueError("SegFormerHead needs at least one input feature (SEM_SEG_HEAD.IN_FEATURES)")
-        ordered = sorted(input_shape.items(), key=lambda item: item[1].stride)
+        ordered = levels_finest_first(input_shape, "SegFormerHead")
         self.in_features = [name for name, _ in ordered]
         self.common_stride = ordered[0][1].stride
         self.ignore_value = ignore_value
@@ -70,15 +69,8 @@ class SegFormerHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        in_features = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.IN_FEATURES asks for {missing}, which the backbone does not "
-                f"output; it outputs {sorted(input_shape)}"
-            )
         return {
-            "input_shape": {k: input_shape[k] for k in in_features},
+            "input_shape": select_in_features(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES, input_shape),
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "embed_dim": cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM,
             "dropout": cfg.MODEL.SEM_SEG_HEAD.DROPOUT,

@@ -10,6 +10,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..losses import semantic_segmentation_loss
+from .head_inputs import levels_finest_first, select_in_features
 
 __all__ = ["UPerNetHead"]
 
@@ -91,11 +92,7 @@ class UPerNetHead(nn.Module):
             aux_loss_weight: multiplier of the auxiliary loss.
         """
         super().__init__()
-        if not input_shape:
-            raise ValueError(
-                "UPerNetHead needs at least one input feature (SEM_SEG_HEAD.IN_FEATURES)"
-            )
-        ordered = sorted(input_shape.items(), key=lambda item: item[1].stride)
+        ordered = levels_finest_first(input_shape, "UPerNetHead")
         self.in_features = [name for name, _ in ordered]
         self.common_stride = ordered[0][1].stride
         self.ignore_value = ignore_value
@@ -141,12 +138,7 @@ class UPerNetHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head_cfg = cfg.MODEL.SEM_SEG_HEAD
-        missing = [f for f in head_cfg.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.IN_FEATURES asks for {missing}, which the backbone does not "
-                f"output; it outputs {sorted(input_shape)}"
-            )
+        selected = select_in_features(head_cfg.IN_FEATURES, input_shape)
         aux_input_shape = None
         if head_cfg.AUX.LOSS_WEIGHT > 0:
             if head_cfg.AUX.IN_FEATURE not in input_shape:
@@ -157,7 +149,7 @@ class UPerNetHead(nn.Module):
                 )
             aux_input_shape = {head_cfg.AUX.IN_FEATURE: input_shape[head_cfg.AUX.IN_FEATURE]}
         return {
-            "input_shape": {k: input_shape[k] for k in head_cfg.IN_FEATURES},
+            "input_shape": selected,
             "num_classes": head_cfg.NUM_CLASSES,
             "channels": head_cfg.UPERNET.CHANNELS,
             "pool_scales": tuple(head_cfg.UPERNET.POOL_SCALES),

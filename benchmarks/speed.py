@@ -10,6 +10,7 @@ with HILA (``MODEL.HILA`` of the config in ``HILA_CONFIGS``) with ratios HILA / 
 variant, first these inference rows, then the same training-step rows. Needs transformers (the
 ``test`` extra).
 """
+
 import platform
 import sys
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from detectron2.modeling import build_backbone
 from torch import nn
 from transformers import SegformerModel
 
-from ...checkpoint.convert import convert_segformer
-from ...checkpoint.segformer import hf_segformer_to_official
-from ...modeling.backbone.hatnet import HATNET_VARIANTS
-from ...modeling.backbone.mit import MIT_VARIANTS
-from ...modeling.backbone.pyramid import STAGE_STRIDES
-from ...modeling.backbone.swin import SWIN_VARIANTS
-from ...testing.references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
-from ..profiling import MIB, device_name, markdown_table, median_step_ms, peak_step_memory
+from hila_d2.checkpoint.convert import convert_segformer
+from hila_d2.checkpoint.segformer import hf_segformer_to_official
+from hila_d2.modeling.backbone.hatnet import HATNET_VARIANTS
+from hila_d2.modeling.backbone.mit import MIT_VARIANTS
+from hila_d2.modeling.backbone.pyramid import STAGE_STRIDES
+from hila_d2.modeling.backbone.swin import SWIN_VARIANTS
+
+from .references import TimmSwinStages, hf_segformer_config, timm_swin, use_mit_eps
+from .profiling import MIB, device_name, markdown_table, median_step_ms, peak_step_memory
 from .configs import benchmark_config
 
 __all__ = ["DEFAULT_VARIANTS", "FAMILIES", "HILA_CONFIGS", "notes", "run"]

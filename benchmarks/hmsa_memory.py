@@ -13,6 +13,7 @@ Peak memory is the growth of allocated tensor memory during one step (forward, b
 update) over what was allocated before it (weights, momentum, inputs): CUDA's
 max_memory_allocated on a GPU, the CPU allocator's events recorded by torch.profiler on CPU.
 """
+
 import platform
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -22,10 +23,11 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from torch import nn
 
-from ...modeling import HierarchicalMultiScaleSegmentor
-from ...modeling.losses import semantic_segmentation_loss
-from ...modeling.meta_arch.hmsa import check_scales
-from ..profiling import MIB, markdown_table, median_step_ms, peak_step_memory
+from hila_d2.modeling import HierarchicalMultiScaleSegmentor
+from hila_d2.modeling.losses import semantic_segmentation_loss
+from hila_d2.modeling.meta_arch.hmsa import check_scales
+
+from .profiling import MIB, markdown_table, median_step_ms, peak_step_memory
 from .configs import benchmark_config
 
 __all__ = ["DEFAULT_CONFIG", "ExplicitScaleAttention", "run"]

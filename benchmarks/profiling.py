@@ -1,5 +1,6 @@
 """Time, memory and fvcore FLOPs of one step (a forward, or a training step) on CPU or CUDA, and
 the one Markdown table printer of the tools (``tools/benchmark.py``, ``tools/analyze_model.py``)."""
+
 import math
 import os
 import platform

@@ -1,5 +1,5 @@
 """hila_d2's first formulation of HILA's inter-level attention, kept as the reference that the
-current one (``hila_d2.modeling.hila_attention``) must equal, for the equivalence tests and the
+current one (``hila_d2.modeling.hila.attention``) must equal, for the equivalence tests and the
 benchmark's "before" rows. Not used by any model.
 
 It unfolds the lower keys and values 16 ways (``F.unfold``, a tensor 4x the lower map) for
@@ -7,6 +7,7 @@ Bottom-Up and gathers 4 candidates per child for Top-Down, then runs one (1 x d)
 per query; and it stored every activation of the HILA steps for the backward pass.
 ``reference_formulation(model)`` makes ``model``'s HILA run that way.
 """
+
 import contextlib
 from typing import Iterator
 
@@ -14,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.hila_attention import (
+from hila_d2.modeling.hila.attention import (
     PATCH,
     PATCH_POSITIONS,
     BottomUpAttention,
     TopDownAttention,
     candidate_parents,
 )
-from ..modeling.hila_pair import HILAPair
+from hila_d2.modeling.hila import HILAPair
 
 __all__ = ["reference_bottom_up", "reference_formulation", "reference_top_down"]
 

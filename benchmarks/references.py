@@ -4,6 +4,7 @@ through ``hila_d2.checkpoint.segformer.hf_segformer_to_official`` and ``convert_
 timm's ``SwinTransformer`` for Swin (our Swin loads its state dict). transformers is a test
 dependency (pyproject's ``test`` extra), imported only when an HF config is built.
 """
+
 import copy
 from typing import List, Sequence
 
@@ -11,8 +12,8 @@ import torch
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from ..modeling.backbone.mit import MIT_NUM_HEADS, MIT_SR_RATIOS, MIT_VARIANTS
-from ..modeling.backbone.swin import SWIN_VARIANTS
+from hila_d2.modeling.backbone.mit import MIT_NUM_HEADS, MIT_SR_RATIOS, MIT_VARIANTS
+from hila_d2.modeling.backbone.swin import SWIN_VARIANTS
 
 __all__ = ["TimmSwinStages", "hf_segformer_config", "timm_swin", "use_mit_eps"]
 

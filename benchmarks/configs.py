@@ -1,17 +1,18 @@
 """The project's config files as the benchmarks and the analysis tool read them: a path given
 relative to the repository works from any directory, SyncBN (which needs GPUs and a process
 group) becomes BatchNorm."""
+
 from pathlib import Path
 from typing import Sequence
 
 from detectron2.config import CfgNode
 
-from ...config import load_single_process_config
+from hila_d2.config import load_single_process_config
 
 __all__ = ["REPOSITORY", "benchmark_config", "project_file"]
 
-# the checkout hila_d2 is installed from (editable, by scripts/setup.sh): configs/ lives there
-REPOSITORY = Path(__file__).resolve().parents[3]
+# the repository this folder lies in (benchmarks/ is not installed with hila_d2): configs/ is there
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def project_file(path: str) -> str:

@@ -8,8 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .hila import HILASettings, pair_tag
-from .hila_pair import HILAPair
+from .pair import HILAPair
+from .settings import HILASettings, pair_tag
 
 __all__ = ["HILAPairs", "apply_channels_first", "init_bottom_blocks_from_lower_stage"]
 

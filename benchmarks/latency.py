@@ -2,12 +2,13 @@
 params and GFLOPs ``tools/analyze_model.py --published`` compares with the published numbers
 (``published.MODELS``), with the latency ratio of each HILA model over its base model; one
 Markdown table per group and part, then the notes."""
+
 from typing import Dict
 
 import torch
 from torch import nn
 
-from ..profiling import markdown_table, median_step_ms
+from .profiling import markdown_table, median_step_ms
 from .published import (
     GROUPS,
     PARTS,

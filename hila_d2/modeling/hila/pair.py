@@ -6,10 +6,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .hila import HILASettings
-from .hila_blocks import LAYER_NORM_EPS, BottomUpBlock, TopDownBlock, init_hila_weights
-from .hila_recompute import checkpointed_step
-from .hila_schedule import PairPlan, hila_schedule, plan_pair
+from .blocks import LAYER_NORM_EPS, BottomUpBlock, TopDownBlock, init_hila_weights
+from .recompute import checkpointed_step
+from .schedule import PairPlan, hila_schedule, plan_pair
+from .settings import HILASettings
 
 __all__ = ["HILAPair"]
 
@@ -25,7 +25,7 @@ class HILAPair(nn.Module):
     ``restrict(plan)`` keeps only the steps and modules that an encoder's used outputs need.
 
     In training, each step (Bottom-Up block, Top-Down block, lower-level block) runs under
-    selective activation checkpointing (``hila_recompute``), or with ``checkpoint`` under full
+    selective activation checkpointing (``recompute``), or with ``checkpoint`` under full
     activation checkpointing (less memory, one more forward of the HILA steps).
 
     ``set_strength(s)`` (the warmup of SOLVER.HILA_WARMUP_ITERS, ``hila_d2.hooks``) scales what

@@ -1,7 +1,7 @@
 """``tools/benchmark.py hila-cost``: what HILA costs on top of its plain encoder: fvcore FLOPs,
 inference latency, training-step time and peak memory, as ratios HILA / plain beside the FLOP
 ratio and the targets, for the current formulation of the inter-level attention, the reference
-(first) formulation (``hila_d2.testing.hila_reference``), opt-in activation checkpointing
+(first) formulation (``benchmarks.hila_reference``), opt-in activation checkpointing
 (``MODEL.HILA.CHECKPOINT``) and, with ``--compile``, ``torch.compile``; one Markdown table,
 then notes.
 
@@ -15,6 +15,7 @@ FLOP ratio, and <= 1.5 for the S3 cases; MiT-B1 + S3 at most 0.8 x plain MiT-B2'
 checked on CPU, fp32, batch 1. On CUDA the same table uses synchronized timings and
 ``max_memory_allocated``.
 """
+
 import contextlib
 import platform
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from detectron2.modeling import build_backbone
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ...testing.hila_reference import reference_formulation
-from ..profiling import (
+from .hila_reference import reference_formulation
+from .profiling import (
     MIB,
     BackboneOutputs,
     device_name,

@@ -1,7 +1,7 @@
 """HILA's two inter-level blocks (docs/design/hila.md §3) and HILA's weight initialisation.
 
 ``TopDownBlock`` (children from parents) and ``BottomUpBlock`` (parents from children) wrap the
-attention of ``hila_attention`` as pre-norm residual blocks with a Mix-FFN, on channels-last
+attention of ``attention`` as pre-norm residual blocks with a Mix-FFN, on channels-last
 tokens ``(B, H, W, C)``.
 
 ``parity_mode=True`` reproduces the official code for converted checkpoints: the Bottom-Up scale is
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .hila_attention import BottomUpAttention, TopDownAttention
-from .mix_ffn import MixFFN
+from ..mix_ffn import MixFFN
+from .attention import BottomUpAttention, TopDownAttention
 
 __all__ = ["BottomUpBlock", "LAYER_NORM_EPS", "TopDownBlock", "init_hila_weights"]
 

@@ -1,18 +1,6 @@
-"""HILA (Hierarchical Inter-Level Attention, Leung et al., 2022) for any hierarchical encoder: its
-options (``HILASettings``, the ``MODEL.HILA.*`` keys) and the names of its stage pairs
-(``pair_tag``).
+"""HILA's options (``HILASettings``, the ``MODEL.HILA.*`` keys) and the names of its stage pairs
+(``pair_tag``)."""
 
-The method lives in these modules, each depending only on those before it:
-
-* ``hila_attention``: the patch geometry and the Bottom-Up / Top-Down inter-level attention;
-* ``hila_blocks``: the Top-Down and Bottom-Up residual blocks and HILA's initialisation;
-* ``hila_schedule``: when each step runs between the upper stage's blocks, and which steps the
-  used outputs need;
-* ``hila_recompute``: selective activation checkpointing of the steps in training;
-* ``hila_pair``: ``HILAPair``, the blocks of one stage pair running its schedule;
-* ``hila_encoder``: ``HILAPairs``, an encoder's pairs, and the "no HILA pretraining" copy of a
-  pair's lower-level block at checkpoint loading.
-"""
 from dataclasses import dataclass
 from typing import Tuple
 

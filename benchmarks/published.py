@@ -8,6 +8,7 @@ fvcore's FlopCountAnalysis counts one multiply-add as one FLOP, but it is not th
 counting method (mmcv hooks plus analytic attention terms, docs/design/hila.md §9.2 and §11 P14),
 so its numbers and the published ones stay in separate, labelled columns.
 """
+
 import argparse
 import os
 import platform
@@ -21,7 +22,7 @@ import torch
 from detectron2.modeling import build_model
 from torch import nn
 
-from ..profiling import BackboneOutputs, device_name, fvcore_gflops, markdown_table
+from .profiling import BackboneOutputs, device_name, fvcore_gflops, markdown_table
 from .configs import benchmark_config
 
 __all__ = [

@@ -1,0 +1,42 @@
+"""HILA (Hierarchical Inter-Level Attention, Leung et al., 2022) for any hierarchical encoder.
+
+A module per concept, each depending only on those before it:
+
+* ``settings``: ``HILASettings`` (the ``MODEL.HILA.*`` keys) and the pair names (``pair_tag``);
+* ``attention``: the patch geometry and the Bottom-Up / Top-Down inter-level attention;
+* ``blocks``: the Top-Down and Bottom-Up residual blocks and HILA's initialisation;
+* ``schedule``: when each step runs between the upper stage's blocks, and which steps the used
+  outputs need (``plan_pair``: what a pair builds for the encoder's OUT_FEATURES);
+* ``recompute``: selective activation checkpointing of the steps in training;
+* ``pair``: ``HILAPair``, the blocks of one stage pair running its schedule;
+* ``encoder``: ``HILAPairs``, HILA attached to an encoder (its pairs running its stages), and the
+  "no HILA pretraining" copy of a pair's lower-level block at checkpoint loading.
+
+Which stages and pairs an encoder builds for its OUT_FEATURES is planned once for every encoder
+in ``hila_d2.modeling.backbone.stage_plan``.
+"""
+
+from .attention import BottomUpAttention, TopDownAttention, attention_weights
+from .blocks import BottomUpBlock, TopDownBlock, init_hila_weights
+from .encoder import HILAPairs, apply_channels_first, init_bottom_blocks_from_lower_stage
+from .pair import HILAPair
+from .schedule import PairPlan, hila_schedule, plan_pair
+from .settings import HILASettings, pair_tag
+
+__all__ = [
+    "HILASettings",
+    "pair_tag",
+    "BottomUpAttention",
+    "TopDownAttention",
+    "attention_weights",
+    "BottomUpBlock",
+    "TopDownBlock",
+    "init_hila_weights",
+    "PairPlan",
+    "hila_schedule",
+    "plan_pair",
+    "HILAPair",
+    "HILAPairs",
+    "apply_channels_first",
+    "init_bottom_blocks_from_lower_stage",
+]

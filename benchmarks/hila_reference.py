@@ -23,6 +23,7 @@ from hila_d2.modeling.hila.attention import (
     candidate_parents,
 )
 from hila_d2.modeling.hila import HILAPair
+from hila_d2.modeling.mix_ffn import MixFFN
 
 __all__ = ["reference_bottom_up", "reference_formulation", "reference_top_down"]
 
@@ -78,23 +79,30 @@ def reference_top_down(
     return attn.proj(out)
 
 
-def _unchecked_step(step, *inputs: torch.Tensor) -> torch.Tensor:
+def _unchecked_step(step, *inputs: torch.Tensor, **_options) -> torch.Tensor:
     return step(*inputs)
+
+
+def _keeps_everything() -> bool:
+    return False
 
 
 @contextlib.contextmanager
 def reference_formulation(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model``'s HILA runs as first implemented (same parameters): every
     ``BottomUpAttention`` / ``TopDownAttention`` in the reference formulation, and every
-    ``HILAPair`` step without activation checkpointing (all activations stored in training).
-    Their own methods are restored on exit."""
+    ``HILAPair`` step without activation checkpointing and every ``MixFFN`` as timm's (all
+    activations stored in training). Their own methods are restored on exit."""
     attention = [m for m in model.modules() if isinstance(m, (BottomUpAttention, TopDownAttention))]
     pairs = [m for m in model.modules() if isinstance(m, HILAPair)]
     for module in attention:
         bottom_up = isinstance(module, BottomUpAttention)
         module.forward = (reference_bottom_up if bottom_up else reference_top_down).__get__(module)
+    ffns = [m for m in model.modules() if isinstance(m, MixFFN)]
     for pair in pairs:
         pair._run = _unchecked_step
+    for ffn in ffns:
+        ffn._recomputes = _keeps_everything
     try:
         yield model
     finally:
@@ -102,3 +110,5 @@ def reference_formulation(model: nn.Module) -> Iterator[nn.Module]:
             del module.forward
         for pair in pairs:
             del pair._run
+        for ffn in ffns:
+            del ffn._recomputes

@@ -227,9 +227,10 @@ def add_hila_attention_config(cfg: CN) -> CN:
     # "No HILA pretraining": when MODEL.WEIGHTS lacks a pair's extra lower-level block, copy it
     # from the last block of the lower stage after loading (in place, so the optimiser trains it).
     hila.INIT_BOTTOM_FROM_LOWER_STAGE = False
-    # Training memory of the HILA steps. False: each step keeps the results of its matmuls and
-    # attention kernels and recomputes the cheap rest in the backward pass (memory follows the
-    # FLOPs). True: full activation checkpointing, it keeps only its inputs and recomputes all
+    # Training memory of the HILA steps. False: each step keeps little and recomputes the cheap
+    # rest in the backward pass (the attention cores and Mix-FFNs by themselves, Swin's and
+    # HAT-Net's lower-level blocks under selective checkpointing; memory follows the FLOPs).
+    # True: full activation checkpointing, every step keeps only its inputs and recomputes all
     # (less memory again, about one more forward of the HILA steps per training step).
     hila.CHECKPOINT = False
     return _add_missing(cfg, "MODEL.HILA", hila)

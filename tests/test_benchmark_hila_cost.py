@@ -40,6 +40,10 @@ def test_mit_b1_s3_table(capsys):
     for cells in (plain, hila, reference):
         assert float(cells[4]) > 0 and float(cells[7]) > 0 and float(cells[8]) > 0
     assert hila[6].startswith("≤ ") and hila[6][-1] in "✓✗"
+    # training-step ratio over plain, checked against 1.15 x the FLOP ratio
+    assert float(hila[11]) == pytest.approx(float(hila[7]) / float(plain[7]), rel=0.05)
+    bound, mark = hila[12].split()[1:]
+    assert float(bound) == pytest.approx(1.15 * float(hila[3]), abs=0.02) and mark in "✓✗"
     checkpointed = rows[(name, "HILA, MODEL.HILA.CHECKPOINT")]
     assert checkpointed[4] == "–"  # its forward is HILA's
     # (at this size the parameters and their gradients dominate the peak)

@@ -1,10 +1,12 @@
 """The per-offset formulation of HILA's inter-level attention (``hila_d2.modeling.hila.attention``)
 against the first, unfold/gather one (``benchmarks.hila_reference``): the same outputs and
-gradients in float32, at module and encoder level; the views it is built from; activation
+gradients in float32, at module and encoder level; the hand-written backward passes of its two
+attention cores against numerical gradients (float64); the views it is built from; activation
 checkpointing; channels-last depthwise weights; and ``torch.compile`` without graph breaks."""
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
 from benchmarks.hila_reference import (
     reference_bottom_up,
@@ -18,6 +20,8 @@ from hila_d2.modeling.hila import HILASettings
 from hila_d2.modeling.hila.attention import (
     BottomUpAttention,
     TopDownAttention,
+    _BottomUpCore,
+    _TopDownCore,
     interleave_sub_positions,
     patch_children,
     sub_position_children,
@@ -82,6 +86,49 @@ def test_top_down_equals_the_reference_formulation(heads, geometry):
     torch.testing.assert_close(new[0], old[0], atol=TOL, rtol=0)
     for a, b in zip(new[1], old[1], strict=True):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)
+
+
+def _float64(*shape, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, dtype=torch.float64, generator=generator).requires_grad_()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_bottom_up_core_backward_is_the_gradient(masked, heads):
+    """The Bottom-Up core's analytic backward (queries, the children and the key/value
+    projection through one padded buffer, the position bias) passes float64 gradcheck, with
+    masked children (-inf) or not."""
+    ht, wt, dim, channels = 2, 3, 2, 3
+    q = _float64(2, ht, wt, heads, dim, seed=0)
+    children = _float64(2, 2 * ht, 2 * wt, channels, seed=1)
+    kv_weight = _float64(2 * heads * dim, channels, seed=4)
+    position = _float64(16, seed=2)
+    invalid = torch.rand(1, ht, wt, 1, 16, generator=torch.Generator().manual_seed(3)) < 0.3
+    invalid[..., 5] = False  # every parent keeps a child
+
+    def core(q, children, kv_weight, position):
+        bias = position.masked_fill(invalid, float("-inf")) if masked else position
+        return _BottomUpCore.apply(q, children, kv_weight, bias, 0.7)
+
+    assert torch.autograd.gradcheck(core, (q, children, kv_weight, position))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_top_down_core_backward_is_the_gradient(heads):
+    """The Top-Down core's analytic backward (queries per sub-position, keys and values through
+    one padded buffer, the per-candidate bias, -inf outside the grid) passes float64 gradcheck."""
+    ht, wt, dim = 2, 3, 2
+    q = _float64(2, 2 * ht, 2 * wt, heads, dim, seed=0)
+    kv = _float64(2, ht, wt, 2 * heads * dim, seed=1)
+    bias = _float64(4, 1, ht, wt, 1, 4, seed=2)
+    outside = torch.rand(4, 1, ht, wt, 1, 4, generator=torch.Generator().manual_seed(3)) < 0.3
+    outside[..., 0] = False
+
+    def core(q, kv, bias):
+        return _TopDownCore.apply(q, kv, bias.masked_fill(outside, float("-inf")), 0.7)
+
+    assert torch.autograd.gradcheck(core, (q, kv, bias))
 
 
 def test_patch_children_are_the_4x4_patches():
@@ -168,28 +215,50 @@ def test_encoders_equal_the_reference_formulation(name):
     assert all("_run" not in vars(pair) for pair in model.hila.values())
 
 
-@pytest.mark.parametrize("checkpoint", [False, True])
-def test_checkpointed_steps_give_the_same_outputs_and_gradients(checkpoint, monkeypatch):
-    """In training every HILA step is checkpointed, selectively by default (matmul results kept,
-    the rest recomputed) or fully with MODEL.HILA.CHECKPOINT; drop path's random state is
-    replayed, so the outputs and every gradient equal those of steps run without checkpointing,
-    and the steps really run again in the backward pass."""
+def _swin(checkpoint: bool = False, drop_path: float = 0.0):
+    hila = HILASettings(stages=(3, 4), mlp_ratio=2.0, checkpoint=checkpoint)
+    return SwinTransformerBackbone(variant="T", drop_path_rate=drop_path, hila=hila)
+
+
+@pytest.mark.parametrize(
+    "build, checkpoint, rerun",
+    [
+        # MODEL.HILA.CHECKPOINT: every step runs again in the backward pass
+        (_mit, True, {"bottom_up": True, "top_down": True, "bottom_block": True}),
+        # MiT: no step runs again (the attention cores and Mix-FFNs recompute inside)
+        (_mit, False, {"bottom_up": False, "top_down": False, "bottom_block": False}),
+        # Swin: its lower-level block runs under selective activation checkpointing
+        (_swin, False, {"bottom_up": False, "top_down": False, "bottom_block": True}),
+    ],
+)
+def test_checkpointed_steps_give_the_same_outputs_and_gradients(
+    build, checkpoint, rerun, monkeypatch
+):
+    """In training a HILA step runs under activation checkpointing where its module does not
+    recompute its activations itself (selective: matmul results kept), and every step with
+    MODEL.HILA.CHECKPOINT (full); drop path's random state is replayed, so the outputs and every
+    gradient equal those of steps run without checkpointing, and the checkpointed steps really
+    run again in the backward pass."""
     images = torch.randn(1, 3, 67, 45)
 
     def run(patch_run: bool):
         torch.manual_seed(0)
-        model = _mit(checkpoint=checkpoint, drop_path=0.2).train()
-        calls = []
-        model.hila["34"].top_down.register_forward_pre_hook(lambda *args: calls.append(1))
+        model = build(checkpoint=checkpoint, drop_path=0.2).train()
+        pair = next(iter(model.hila.values()))
+        calls = {name: 0 for name in rerun}
+        for name in rerun:
+            module = getattr(pair, name)
+            module.register_forward_pre_hook(lambda *args, n=name: calls.update({n: calls[n] + 1}))
         with monkeypatch.context() as patch:
             if patch_run:
-                patch.setattr(HILAPair, "_run", lambda self, step, *inputs: step(*inputs))
+                patch.setattr(HILAPair, "_run", lambda self, step, *inputs, **_: step(*inputs))
             torch.manual_seed(5)
-            return (*_encoder_run(model, images), len(calls))
+            return (*_encoder_run(model, images), calls)
 
     outputs, grads, calls = run(patch_run=False)
     ref_outputs, ref_grads, ref_calls = run(patch_run=True)
-    assert (calls, ref_calls) == (2, 1)  # recomputed in backward; once without checkpointing
+    assert all(ref_calls[name] > 0 for name in rerun)
+    assert calls == {name: ref_calls[name] * (2 if again else 1) for name, again in rerun.items()}
     assert set(grads) == set(ref_grads)
     for key in outputs:
         torch.testing.assert_close(outputs[key], ref_outputs[key], atol=1e-6, rtol=0)
@@ -225,6 +294,47 @@ def test_mix_ffn_depthwise_weights_are_channels_last_and_stay_so():
     torch.testing.assert_close(out, ffn(x), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_mix_ffn_training_path_keeps_its_input_only_and_equals_timm(autocast):
+    """In training HILA's Mix-FFN keeps only its input for the backward pass and recomputes the
+    rest there: its output and the gradients of its input and of every parameter equal timm's
+    forward (autograd keeping every activation), to 1e-6 in float32 and exactly under bf16
+    autocast (the same operations), on an odd grid."""
+    ffn = _random_parameters(MixFFN(16, 64), seed=3).train()
+    x = torch.randn(2, 9, 7, 16)
+    weights = torch.randn(2, 9, 7, 16, generator=torch.Generator().manual_seed(4))
+
+    def timm_forward(tokens):
+        out = MlpWithDepthwiseConv.forward(ffn, tokens.reshape(2, 63, 16), (9, 7))
+        return out.reshape(2, 9, 7, 16)
+
+    def run(forward):
+        inputs = x.clone().requires_grad_()
+        ffn.zero_grad(set_to_none=True)
+        saved = []
+
+        def pack(t):
+            if not isinstance(t, torch.nn.Parameter):
+                saved.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = forward(inputs)
+        (out.float() * weights).sum().backward()
+        return out.detach().float(), [inputs.grad] + [p.grad for p in ffn.parameters()], saved
+
+    out, grads, saved = run(ffn)
+    ref_out, ref_grads, ref_saved = run(timm_forward)
+    tol = 0 if autocast else 1e-6
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=0)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref, atol=tol, rtol=tol)
+    if not autocast:  # (under autocast the weights' bf16 copies are kept too)
+        assert saved == [(2, 63, 16)]
+        assert len(ref_saved) > len(saved)
+
+
 def _hila_graph_breaks(model, images):
     """(graph breaks whose stack passes through a HILA module, ``hila_d2/modeling/hila/``,
     graph count, all graph breaks)."""
@@ -238,13 +348,16 @@ def _hila_graph_breaks(model, images):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("name", ["mit-parity", "swin", "hatnet"])
-def test_hila_pairs_trace_without_graph_breaks(name):
-    """torch._dynamo captures every HILA pair in one graph: no break inside a HILA module; MiT and
-    HAT-Net have no break at all."""
+def test_hila_pairs_trace_without_graph_breaks(name, training):
+    """torch._dynamo captures every HILA pair in one graph, in inference and in training (the
+    attention cores' and Mix-FFNs' autograd Functions, the selective checkpointing of Swin's and
+    HAT-Net's lower-level blocks): no break inside a HILA module; MiT and HAT-Net have no break
+    at all."""
     build, shape = ENCODERS[name]
-    model = build().eval()
-    with torch.no_grad():
+    model = build().train(training)
+    with torch.set_grad_enabled(training):
         in_hila, graphs, breaks = _hila_graph_breaks(model, torch.randn(shape))
     assert in_hila == []
     if name != "swin":

@@ -25,7 +25,7 @@ from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
 from ..hila import HILAPairs, HILASettings
-from ..mix_ffn import use_channels_last_depthwise
+from ..mix_ffn import MixFFN, use_channels_last_depthwise
 from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
@@ -55,7 +55,14 @@ def _channels_last_block(block: Block, x: torch.Tensor) -> torch.Tensor:
 
 class MiTLowerBlock(Block):
     """A MiT block used as a HILA pair's extra lower-level block: ``forward(x (B, H, W, C),
-    use_index)``; every use is the same block."""
+    use_index)``; every use is the same block. Its Mix-FFN is HILA's (``MixFFN``: the same
+    parameters, and in training it keeps only its first Linear's output for the backward pass)."""
+
+    recomputes_activations = True  # HILAPair runs it without activation checkpointing
+
+    def __init__(self, *, dim: int, mlp_ratio: float, **kwargs):
+        super().__init__(dim=dim, mlp_ratio=mlp_ratio, **kwargs)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, use_index: int) -> torch.Tensor:
         return _channels_last_block(super().forward, x)

@@ -7,7 +7,8 @@ A module per concept, each depending only on those before it:
 * ``blocks``: the Top-Down and Bottom-Up residual blocks and HILA's initialisation;
 * ``schedule``: when each step runs between the upper stage's blocks, and which steps the used
   outputs need (``plan_pair``: what a pair builds for the encoder's OUT_FEATURES);
-* ``recompute``: selective activation checkpointing of the steps in training;
+* ``recompute``: activation checkpointing of the steps in training (selective for lower-level
+  blocks that do not recompute their own activations, full with ``MODEL.HILA.CHECKPOINT``);
 * ``pair``: ``HILAPair``, the blocks of one stage pair running its schedule;
 * ``encoder``: ``HILAPairs``, HILA attached to an encoder (its pairs running its stages), and the
   "no HILA pretraining" copy of a pair's lower-level block at checkpoint loading.

@@ -18,13 +18,18 @@ keys and values, never on 16-way unfolded or 4-way gathered tensors. Bottom-Up t
 per-offset views of the children on the parent grid (``patch_children``), Top-Down the 4 shifted
 views of the parents for each 2x2 sub-position of the children (``sub_position_children``);
 logits and outputs are elementwise multiply-reduces over channels (``attention_weights``,
-``weighted_sum``).
+``weighted_sum``). Each direction's core (logits, softmax, weighted sum) is one autograd Function
+with its analytic backward: it keeps the queries, the padded keys and values and the weights, and
+accumulates the key and value gradients in place into one padded buffer (autograd's own backward
+of the per-offset views would allocate a zero-filled padded tensor per view and offset).
 """
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..linear_backward import linear_backward
 
 __all__ = [
     "BottomUpAttention",
@@ -87,11 +92,17 @@ def patch_children(children: torch.Tensor) -> List[torch.Tensor]:
     child (2i - 1 + a, 2j - 1 + b) of parent (i, j), zero outside the grid.
     """
     batch, height, width, *rest = children.shape
-    ht, wt = height // 2, width // 2
+    padded = F.pad(children, (0, 0) * len(rest) + (2, 2, 2, 2))
+    return _patch_views(padded, height // 2, width // 2)
+
+
+def _patch_views(padded: torch.Tensor, ht: int, wt: int) -> List[torch.Tensor]:
+    """``patch_children`` of a grid already padded by two children per side: (B, 2Ht + 4,
+    2Wt + 4, ...) -> 16 views (B, Ht, Wt, ...)."""
+    batch, _, _, *rest = padded.shape
     # padded by two children per side, child 2i - 1 + a sits at padded row 2i + 1 + a, that is
     # row i + (a + 1) // 2 of the 2x2 sub-position (a + 1) % 2
-    grid = F.pad(children, (0, 0) * len(rest) + (2, 2, 2, 2))
-    grid = grid.view(batch, ht + 2, 2, wt + 2, 2, *rest)
+    grid = padded.view(batch, ht + 2, 2, wt + 2, 2, *rest)
     return [
         grid[:, (a + 1) // 2 : (a + 1) // 2 + ht, (a + 1) % 2,
              (b + 1) // 2 : (b + 1) // 2 + wt, (b + 1) % 2]
@@ -125,6 +136,175 @@ def candidate_parents(children: int, parents: int, device=None) -> Tuple[torch.T
     parent = (child + 1) // 2 - 1 + torch.arange(2, device=device)[None, :]
     offset = child - (2 * parent - 1)
     return parent.clamp(0, parents - 1), offset, _inside(parent, parents)
+
+
+def _keys_values(views: Sequence[torch.Tensor], heads: int) -> Tuple[List[torch.Tensor], ...]:
+    """Views (..., 2A) of the keys-then-values projection -> (keys, values), each a list of views
+    (..., heads, A / heads)."""
+    width = views[0].shape[-1] // 2
+    split = [(v[..., :width].unflatten(-1, (heads, -1)), v[..., width:].unflatten(-1, (heads, -1)))
+             for v in views]  # fmt: skip
+    return [k for k, _ in split], [v for _, v in split]
+
+
+def _logit_gradients(
+    weights: torch.Tensor, grad_out: torch.Tensor, values: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The gradient (..., n) of the logits of ``out = weighted_sum(softmax(logits), values)``
+    from that of ``out`` (..., d); zero for masked candidates (weight 0)."""
+    grad_weights = torch.stack([(grad_out * v).sum(-1) for v in values], dim=-1)
+    return weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+
+
+def _accumulate_key_value_gradients(
+    grad_keys: Sequence[torch.Tensor],
+    grad_values: Sequence[torch.Tensor],
+    grad_logits: torch.Tensor,
+    weights: torch.Tensor,
+    scaled_q: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> None:
+    """Add candidate i's key gradient ``grad_logits[..., i] * scaled_q`` and value gradient
+    ``weights[..., i] * grad_out`` in place into the views ``grad_keys[i]``, ``grad_values[i]``
+    (of one padded buffer, where the candidates of neighbouring queries overlap)."""
+    for i, (grad_k, grad_v) in enumerate(zip(grad_keys, grad_values)):
+        grad_k.addcmul_(grad_logits[..., i, None], scaled_q)
+        grad_v.addcmul_(weights[..., i, None], grad_out)
+
+
+def _needs_backward(*inputs: torch.Tensor) -> bool:
+    """Whether autograd differentiates through ``inputs`` here: then the attention cores run as
+    autograd Functions; otherwise (inference, and tracing for export, which cannot record a
+    Function) their forward computation runs as plain operations."""
+    return (
+        torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and any(x.requires_grad for x in inputs)
+    )
+
+
+def _bottom_up(q, kv, bias, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward computation of ``_BottomUpCore``: (output, padded ``kv``, weights)."""
+    ht, wt = q.shape[1:3]
+    padded = F.pad(kv, (0, 0, 2, 2, 2, 2))
+    keys, values = _keys_values(_patch_views(padded, ht, wt), q.shape[-2])
+    weights = attention_weights(q, keys, scale, bias)
+    return weighted_sum(weights, values), padded, weights
+
+
+class _BottomUpCore(torch.autograd.Function):
+    """Bottom-Up's softmax attention over the 16 children of each parent's patch, with the
+    children's key and value projection.
+
+    ``q`` (B, Ht, Wt, h, d), ``children`` (B, 2Ht, 2Wt, Cb), ``kv_weight`` (2hd, Cb) (keys then
+    values, used without the kv bias), ``bias`` broadcastable to (B, Ht, Wt, h, 16) (-inf:
+    masked) -> (B, Ht, Wt, h, d) float32. Saved for the backward pass: ``q``, ``children`` and the
+    weights (B, Ht, Wt, h, 16); the keys and values (2hd channels on the lower grid) are projected
+    again there, under the forward's autocast state.
+    """
+
+    @staticmethod
+    def forward(ctx, q, children, kv_weight, bias, scale):
+        device = q.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        kv = _at_least_float32(F.linear(children, kv_weight))
+        out, _, weights = _bottom_up(q, kv, bias, scale)
+        ctx.save_for_backward(q, children, kv_weight, weights)
+        ctx.scale, ctx.bias_shape = scale, bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, children, kv_weight, weights = ctx.saved_tensors
+        ht, wt, heads = q.shape[1], q.shape[2], q.shape[-2]
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            kv = F.linear(children, kv_weight)
+        with torch.autocast(device, enabled=False):
+            padded = F.pad(_at_least_float32(kv), (0, 0, 2, 2, 2, 2))
+            scaled_q = _at_least_float32(q) * ctx.scale
+            keys, values = _keys_values(_patch_views(padded, ht, wt), heads)
+            grad_logits = _logit_gradients(weights, grad_out, values)
+            grad_q = weighted_sum(grad_logits, keys) * ctx.scale
+            grad_padded = torch.zeros_like(padded)
+            _accumulate_key_value_gradients(
+                *_keys_values(_patch_views(grad_padded, ht, wt), heads),
+                grad_logits, weights, scaled_q, grad_out,
+            )  # fmt: skip
+            grad_kv = grad_padded[:, 2:-2, 2:-2].to(kv.dtype)
+            grad_children, grad_kv_weight, _ = linear_backward(grad_kv, children, kv_weight, None)
+        grad_bias = grad_logits.sum_to_size(ctx.bias_shape)
+        return grad_q.to(q.dtype), grad_children, grad_kv_weight, grad_bias, None
+
+
+def _parent_windows(padded: torch.Tensor, s: int, t: int, ht: int, wt: int) -> List[torch.Tensor]:
+    """The 4 candidate parents of the children at sub-position (s, t), as views (B, Ht, Wt, ...)
+    of the parent grid padded by one parent per side (B, Ht + 2, Wt + 2, ...): candidate
+    (d, e) of child (2m + s, 2n + t) is parent (m + s + d - 1, n + t + e - 1)."""
+    return [padded[:, s + d : s + d + ht, t + e : t + e + wt] for d in range(2) for e in range(2)]
+
+
+def _top_down_weights(
+    q: torch.Tensor, padded: torch.Tensor, bias: torch.Tensor, scale: float
+) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """Per sub-position of ``SUB_POSITIONS``: the weights (B, Ht, Wt, h, 4) of the children
+    there over their candidate parents, and the candidates' values (4 views (B, Ht, Wt, h, d)).
+    ``q``, ``bias`` as in ``_TopDownCore``, ``padded`` its ``kv`` padded by one parent per side."""
+    ht, wt = padded.shape[1] - 2, padded.shape[2] - 2
+    per_sub_position = []
+    for (s, t), q_st, bias_st in zip(SUB_POSITIONS, sub_position_children(q), bias):
+        keys, values = _keys_values(_parent_windows(padded, s, t, ht, wt), q.shape[-2])
+        per_sub_position.append((attention_weights(q_st, keys, scale, bias_st), values))
+    return per_sub_position
+
+
+def _top_down(q, kv, bias, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward computation of ``_TopDownCore``: (output, padded ``kv``, weights)."""
+    padded = F.pad(kv, (0, 0, 1, 1, 1, 1))
+    per_sub_position = _top_down_weights(q, padded, bias, scale)
+    out = interleave_sub_positions([weighted_sum(w, values) for w, values in per_sub_position])
+    return out, padded, torch.stack([weights for weights, _ in per_sub_position])
+
+
+class _TopDownCore(torch.autograd.Function):
+    """Top-Down's softmax attention of every child over its 4 candidate parents.
+
+    ``q`` (B, 2Ht, 2Wt, h, d), ``kv`` (B, Ht, Wt, 2hd) the parents' keys then values (float32),
+    ``bias`` (4, 1, Ht, Wt, 1, 4) per sub-position of ``SUB_POSITIONS`` (-inf: no such parent)
+    -> (B, 2Ht, 2Wt, h, d) float32. Saved for the backward pass: ``q``, the padded ``kv`` and the
+    weights (4, B, Ht, Wt, h, 4).
+    """
+
+    @staticmethod
+    def forward(ctx, q, kv, bias, scale):
+        out, padded, weights = _top_down(q, kv, bias, scale)
+        ctx.save_for_backward(q, padded, weights)
+        ctx.scale, ctx.bias_shape = scale, bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, padded, weights = ctx.saved_tensors
+        ht, wt, heads = padded.shape[1] - 2, padded.shape[2] - 2, q.shape[-2]
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            grad_q = torch.empty(q.shape, dtype=padded.dtype, device=q.device)
+            grad_padded = torch.zeros_like(padded)
+            grad_logits = []
+            for (s, t), q_st, grad_out_st, grad_q_st, weights_st in zip(
+                SUB_POSITIONS, sub_position_children(q), sub_position_children(grad_out),
+                sub_position_children(grad_q), weights,
+            ):  # fmt: skip
+                keys, values = _keys_values(_parent_windows(padded, s, t, ht, wt), heads)
+                grad_logits_st = _logit_gradients(weights_st, grad_out_st, values)
+                grad_q_st.copy_(weighted_sum(grad_logits_st, keys) * ctx.scale)
+                _accumulate_key_value_gradients(
+                    *_keys_values(_parent_windows(grad_padded, s, t, ht, wt), heads),
+                    grad_logits_st, weights_st, _at_least_float32(q_st) * ctx.scale, grad_out_st,
+                )  # fmt: skip
+                grad_logits.append(grad_logits_st)
+        grad_kv = grad_padded[:, 1:-1, 1:-1]
+        grad_bias = torch.stack(grad_logits).sum_to_size(ctx.bias_shape)
+        return grad_q.to(q.dtype), grad_kv, grad_bias, None
 
 
 class _InterLevelAttention(nn.Module):
@@ -193,15 +373,16 @@ class BottomUpAttention(_InterLevelAttention):
         # kv(child) = W child + bias. The key bias adds the same q . bias_k to all 16 logits of a
         # parent, which the softmax cancels; the value bias adds bias_v to the output, since the
         # weights sum to 1. So the padding children (zero vectors) are zero here, like the border.
-        kv = _at_least_float32(F.linear(bottom, self.kv.weight))
-        keys, values = (patch_children(self._heads(t)) for t in kv.chunk(2, dim=-1))
         bias = self.position_bias()
         if self.mask_padding:
             valid = patch_children(bottom_valid[None, :, :, None].to(bias.dtype))
             invalid = torch.stack(valid, dim=-1) == 0  # (1, Ht, Wt, 1, 16)
             bias = bias.masked_fill(invalid, float("-inf"))
-        weights = attention_weights(q, keys, self.scale, bias)  # (B, Ht, Wt, h, 16)
-        out = weighted_sum(weights, values)  # (B, Ht, Wt, h, d)
+        if _needs_backward(q, bottom, self.kv.weight, bias):
+            out = _BottomUpCore.apply(q, bottom, self.kv.weight, bias, self.scale)
+        else:
+            kv = _at_least_float32(F.linear(bottom, self.kv.weight))
+            out = _bottom_up(q, kv, bias, self.scale)[0]  # (B, Ht, Wt, h, d)
         if self.kv.bias is not None:
             out = out + self._heads(self.kv.bias[self.attn_dim :])
         return self.proj(out.flatten(-2).to(self.proj.weight.dtype))
@@ -220,50 +401,50 @@ class TopDownAttention(_InterLevelAttention):
     at patch offsets (3 - s - 2d, 3 - t - 2e): four shifted views of the padded parent grid.
     """
 
-    def _sub_position_weights(
-        self, top: torch.Tensor, bottom: torch.Tensor
-    ) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Per sub-position (s, t): the weights (B, Ht, Wt, h, 4) of the children there over
-        their candidates, and the candidates' values, 4 views (B, Ht, Wt, h, d)."""
-        ht, wt = top.shape[1:3]
-        queries = sub_position_children(self._heads(self.q(bottom)))
-        kv = F.pad(_at_least_float32(self.kv(top)), (0, 0, 1, 1, 1, 1))  # (B, Ht+2, Wt+2, 2A)
-        keys, values = (self._heads(t) for t in kv.chunk(2, dim=-1))
+    def _sub_position_bias(self, ht: int, wt: int, device: torch.device) -> torch.Tensor:
+        """(4, 1, Ht, Wt, 1, 4): per sub-position (s, t) of ``SUB_POSITIONS``, the logit bias of
+        the children's 4 candidates, -inf where the candidate lies outside the grid."""
         position = self.position_bias()
-        rows, cols = (torch.arange(n, device=top.device) for n in (ht, wt))
+        rows, cols = (torch.arange(n, device=device) for n in (ht, wt))
         per_sub_position = []
-        for q, (s, t) in zip(queries, SUB_POSITIONS):
+        for s, t in SUB_POSITIONS:
             # candidate (d, e): the padded parent grid shifted by (u, v) = (s + d, t + e), that is
             # parent (m + u - 1, n + v - 1), patch offset (3 + s - 2u, 3 + t - 2v)
             shifts = [(s + d, t + e) for d in range(2) for e in range(2)]
-            bias = torch.stack(
-                [
-                    position[PATCH * (3 + s - 2 * u) + 3 + t - 2 * v].masked_fill(
-                        ~(_inside(rows + u - 1, ht)[:, None] & _inside(cols + v - 1, wt)),
-                        float("-inf"),
-                    )
-                    for u, v in shifts
-                ],
-                dim=-1,
+            per_sub_position.append(
+                torch.stack(
+                    [
+                        position[PATCH * (3 + s - 2 * u) + 3 + t - 2 * v].masked_fill(
+                            ~(_inside(rows + u - 1, ht)[:, None] & _inside(cols + v - 1, wt)),
+                            float("-inf"),
+                        )
+                        for u, v in shifts
+                    ],
+                    dim=-1,
+                )
             )  # (Ht, Wt, 4)
-            windows = [(u, u + ht, v, v + wt) for u, v in shifts]
-            weights = attention_weights(
-                q, [keys[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows], self.scale,
-                bias[:, :, None],
-            )  # fmt: skip
-            candidates = [values[:, r0:r1, c0:c1] for r0, r1, c0, c1 in windows]
-            per_sub_position.append((weights, candidates))
-        return per_sub_position
+        return torch.stack(per_sub_position)[:, None, :, :, None]
+
+    def _queries_keys_values(self, top: torch.Tensor, bottom: torch.Tensor):
+        """The children's queries (B, Hc, Wc, h, d), the parents' keys then values (B, Ht, Wt,
+        2hd) in at least float32, and the bias of ``_sub_position_bias``."""
+        ht, wt = top.shape[1:3]
+        bias = self._sub_position_bias(ht, wt, top.device)
+        return self._heads(self.q(bottom)), _at_least_float32(self.kv(top)), bias
 
     def assignment(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """How much each child is assigned to each of its candidate parents: (B, Hc, Wc, h, 4),
         summing to 1 over the last axis (0 for candidates outside the grid)."""
+        q, kv, bias = self._queries_keys_values(top, bottom)
+        padded = F.pad(kv, (0, 0, 1, 1, 1, 1))
         return interleave_sub_positions(
-            [weights for weights, _ in self._sub_position_weights(top, bottom)]
+            [weights for weights, _ in _top_down_weights(q, padded, bias, self.scale)]
         )
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        out = interleave_sub_positions(
-            [weighted_sum(w, values) for w, values in self._sub_position_weights(top, bottom)]
-        )  # (B, Hc, Wc, h, d)
+        q, kv, bias = self._queries_keys_values(top, bottom)
+        if _needs_backward(q, kv, bias):
+            out = _TopDownCore.apply(q, kv, bias, self.scale)  # (B, Hc, Wc, h, d)
+        else:
+            out = _top_down(q, kv, bias, self.scale)[0]
         return self.proj(out.flatten(-2).to(self.proj.weight.dtype))

@@ -24,9 +24,12 @@ class HILAPair(nn.Module):
     runs once at the end (the official MiT ``prevnorm``). The weights are shared by all iterations.
     ``restrict(plan)`` keeps only the steps and modules that an encoder's used outputs need.
 
-    In training, each step (Bottom-Up block, Top-Down block, lower-level block) runs under
-    selective activation checkpointing (``recompute``), or with ``checkpoint`` under full
-    activation checkpointing (less memory, one more forward of the HILA steps).
+    In training, what each step keeps for the backward pass is chosen per module: the Top-Down
+    and Bottom-Up blocks keep little by construction (their attention cores and Mix-FFNs
+    recompute the cheap rest themselves), as does a lower-level block that says so
+    (``recomputes_activations = True``, MiT's); any other lower-level block (Swin's, HAT-Net's)
+    runs under selective activation checkpointing (``recompute``). With ``checkpoint`` every
+    step runs under full activation checkpointing (less memory, one more forward of the steps).
 
     ``set_strength(s)`` (the warmup of SOLVER.HILA_WARMUP_ITERS, ``hila_d2.hooks``) scales what
     each step changes: the Bottom-Up step makes ``top + s * (BU(top, bottom) - top)``, the
@@ -142,7 +145,10 @@ class HILAPair(nn.Module):
                 top = top_blocks[j](top)
             if plan.top_down[j]:
                 updated = self._run(self.top_down, top, bottom)
-                updated = self._run(partial(self.bottom_block, use_index=uses), updated)
+                updated = self._run(
+                    partial(self.bottom_block, use_index=uses), updated,
+                    recomputes=getattr(self.bottom_block, "recomputes_activations", False),
+                )  # fmt: skip
                 bottom = self._scaled(bottom, updated)
                 uses += 1
             elif plan.step_norm[j]:
@@ -157,10 +163,12 @@ class HILAPair(nn.Module):
             return after
         return (before + self.strength * (after - before)).to(after.dtype)
 
-    def _run(self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        """``step(*inputs)``, checkpointed in training: selectively, or fully with
-        ``checkpoint``."""
-        if not (self.training and torch.is_grad_enabled()):
+    def _run(
+        self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor, recomputes: bool = True
+    ) -> torch.Tensor:
+        """``step(*inputs)``; in training fully checkpointed with ``checkpoint``, else
+        selectively checkpointed unless the step ``recomputes`` its cheap activations itself."""
+        if not (self.training and torch.is_grad_enabled()) or (recomputes and not self.checkpoint):
             return step(*inputs)
         return checkpointed_step(step, *inputs, recompute_all=self.checkpoint)
 

@@ -1,10 +1,12 @@
-"""Selective activation checkpointing of the HILA steps in training.
+"""Activation checkpointing of the HILA steps in training.
 
-Each HILA step (Bottom-Up block, Top-Down block, lower-level block) keeps only the results of its
-matmuls, attention kernels and dense convolutions for the backward pass and recomputes the cheap
-rest there (``_KEPT_RESULTS``), so that HILA's training memory follows its compute; full
-checkpointing (``MODEL.HILA.CHECKPOINT``) keeps nothing but the step's inputs. The random state
-of drop path is replayed in the recomputation.
+Selective: a step keeps only the results of its matmuls, attention kernels and dense convolutions
+for the backward pass and recomputes the cheap rest there (``_KEPT_RESULTS``), so that its memory
+follows its compute. ``HILAPair`` runs a lower-level block this way unless the block recomputes
+its activations itself (MiT's); the Top-Down and Bottom-Up blocks never need it (their attention
+cores and Mix-FFNs keep little by construction), which spares them the policy's per-operation
+dispatch. Full (``MODEL.HILA.CHECKPOINT``): every step keeps nothing but its inputs. The random
+state of drop path is replayed in the recomputation.
 """
 from functools import partial
 from typing import Callable

@@ -2,11 +2,12 @@
 runs them): detectron2's AMP trainer (float16 + GradScaler) through train_net.py for MiT-B0/B1,
 Swin-T and HAT-Net-T, plain, + HILA S3 and + HILA S234, on the built-in dataset; bf16 autocast
 forward and backward close to float32 with every gradient finite; ``torch.compile`` equal to
-eager."""
+eager; HILA's hand-written backward passes; the benchmark's training step in GPU mode."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from project_config import load_script
 from test_autocast import (  # noqa: F401  (tiny_swin: the autouse fixture of those encoders)
     ENCODERS,
     MAX_REL_ERROR,
@@ -17,9 +18,14 @@ from test_autocast import (  # noqa: F401  (tiny_swin: the autouse fixture of th
     tiny_swin,
     trainable,
 )
+from test_benchmark_hila_cost import table
+from test_hila_formulation import _float64
+from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.hila import HILASettings
+from hila_d2.modeling.hila.attention import _BottomUpCore, _TopDownCore
+from hila_d2.modeling.mix_ffn import MixFFN
 
 pytestmark = pytest.mark.cuda
 
@@ -98,3 +104,54 @@ def test_compiled_hila_encoder_equals_eager_on_cuda(no_tf32):
         eager, fast = model(images), compiled(images)
     for key in eager:
         torch.testing.assert_close(fast[key], eager[key], atol=1e-4, rtol=1e-4)
+
+
+def test_attention_cores_and_mix_ffn_backward_on_cuda(no_tf32):
+    """The hand-written backward passes on the GPU: both attention cores pass float64 gradcheck,
+    and HILA's Mix-FFN training path equals timm's forward under float16 autocast (output and
+    every gradient, to float16 rounding)."""
+    def cuda64(*shape, seed):
+        return _float64(*shape, seed=seed).detach().cuda().requires_grad_()
+
+    ht, wt = 2, 3
+    q, children = cuda64(2, ht, wt, 2, 2, seed=0), cuda64(2, 2 * ht, 2 * wt, 3, seed=1)
+    weight, position = cuda64(8, 3, seed=2), cuda64(16, seed=3)
+    assert torch.autograd.gradcheck(
+        lambda *a: _BottomUpCore.apply(*a, 0.7), (q, children, weight, position)
+    )
+    q, kv = cuda64(2, 2 * ht, 2 * wt, 2, 2, seed=4), cuda64(2, ht, wt, 8, seed=5)
+    bias = cuda64(4, 1, ht, wt, 1, 4, seed=6)
+    assert torch.autograd.gradcheck(lambda *a: _TopDownCore.apply(*a, 0.7), (q, kv, bias))
+
+    torch.manual_seed(0)
+    ffn = MixFFN(16, 64).cuda().train()
+    x = torch.randn(2, 9, 7, 16, device="cuda")
+
+    def run(forward):
+        inputs = x.clone().requires_grad_()
+        ffn.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = forward(inputs)
+        out.float().square().sum().backward()
+        return [out.float(), inputs.grad] + [p.grad for p in ffn.parameters()]
+
+    def timm_forward(tokens):
+        out = MlpWithDepthwiseConv.forward(ffn, tokens.reshape(2, 63, 16), (9, 7))
+        return out.reshape(2, 9, 7, 16)
+
+    for ours, theirs in zip(run(ffn), run(timm_forward), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_training_step_on_cuda(capsys):
+    """tools/benchmark.py hila-cost on the GPU: CUDA-synchronised timings of the training step,
+    its ratio against the target, and max_memory_allocated as the peak."""
+    load_script("tools/benchmark.py").main(
+        ["hila-cost", "--device", "cuda", "--cases", "mit-b0-s3", "--size", "64", "64",
+         "--repeats", "1", "--warmup", "1"]
+    )  # fmt: skip
+    output = capsys.readouterr().out
+    hila = table(output)[("MiT-B0 + S3", "HILA")]
+    assert float(hila[7]) > 0 and float(hila[8]) > 0 and float(hila[11]) > 0
+    assert hila[12].startswith("≤ ") and "max_memory_allocated" in output

@@ -12,7 +12,7 @@ axis differs (1 instead of 9), and that is what oneDNN's kernel choice reads. Th
 same, the results equal up to float summation order, and ``load_state_dict`` (an in-place copy)
 and ``.to()`` / ``.double()`` keep the strides.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +36,16 @@ def _mix_ffn(
     x: torch.Tensor, size: Sequence[int], fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
     conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The Mix-FFN as timm computes it: (B, N, C) -> (the depthwise conv's output (B, E, H, W),
-    the output (B, N, C)), through the first Linear, the 3x3 depthwise conv on the (H, W) =
-    ``size`` grid, GELU and the second Linear."""
+) -> torch.Tensor:
+    """The Mix-FFN as timm computes it: (B, N, C) -> (B, N, C) through the first Linear, the 3x3
+    depthwise conv on the (H, W) = ``size`` grid, GELU and the second Linear."""
     hidden = F.linear(x, fc1_weight, fc1_bias)
     batch, _, width = hidden.shape
     conv = F.conv2d(
         hidden.transpose(1, 2).view(batch, width, *size), conv_weight, conv_bias, padding=1,
         groups=width,
     )  # fmt: skip
-    return conv, F.linear(F.gelu(conv.flatten(2).transpose(1, 2)), fc2_weight, fc2_bias)
+    return F.linear(F.gelu(conv.flatten(2).transpose(1, 2)), fc2_weight, fc2_bias)
 
 
 class _RecomputedMixFFN(torch.autograd.Function):
@@ -60,7 +59,7 @@ class _RecomputedMixFFN(torch.autograd.Function):
         ctx.size = tuple(size)
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(x, *weights)
-        return _mix_ffn(x, size, *weights)[1]
+        return _mix_ffn(x, size, *weights)
 
     @staticmethod
     def backward(ctx, grad_out):

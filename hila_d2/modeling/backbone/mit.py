@@ -56,7 +56,7 @@ def _channels_last_block(block: Block, x: torch.Tensor) -> torch.Tensor:
 class MiTLowerBlock(Block):
     """A MiT block used as a HILA pair's extra lower-level block: ``forward(x (B, H, W, C),
     use_index)``; every use is the same block. Its Mix-FFN is HILA's (``MixFFN``: the same
-    parameters, and in training it keeps only its first Linear's output for the backward pass)."""
+    parameters, and in training it keeps only its input for the backward pass)."""
 
     recomputes_activations = True  # HILAPair runs it without activation checkpointing
 

@@ -18,10 +18,11 @@ keys and values, never on 16-way unfolded or 4-way gathered tensors. Bottom-Up t
 per-offset views of the children on the parent grid (``patch_children``), Top-Down the 4 shifted
 views of the parents for each 2x2 sub-position of the children (``sub_position_children``);
 logits and outputs are elementwise multiply-reduces over channels (``attention_weights``,
-``weighted_sum``). Each direction's core (logits, softmax, weighted sum) is one autograd Function
-with its analytic backward: it keeps the queries, the padded keys and values and the weights, and
-accumulates the key and value gradients in place into one padded buffer (autograd's own backward
-of the per-offset views would allocate a zero-filled padded tensor per view and offset).
+``weighted_sum``). In training each direction's core (logits, softmax, weighted sum) is one
+autograd Function with its analytic backward: it keeps the queries, the weights and the keys and
+values (Bottom-Up: the children, its keys and values are projected again), and accumulates the
+key and value gradients in place into one padded buffer (autograd's own backward of the
+per-offset views would allocate a zero-filled padded tensor per view and offset).
 """
 from typing import List, Sequence, Tuple
 
@@ -183,13 +184,14 @@ def _needs_backward(*inputs: torch.Tensor) -> bool:
     )
 
 
-def _bottom_up(q, kv, bias, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward computation of ``_BottomUpCore``: (output, padded ``kv``, weights)."""
+def _bottom_up(q, children, kv_weight, bias, scale) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward computation of ``_BottomUpCore``: (output, weights)."""
     ht, wt = q.shape[1:3]
+    kv = _at_least_float32(F.linear(children, kv_weight))
     padded = F.pad(kv, (0, 0, 2, 2, 2, 2))
     keys, values = _keys_values(_patch_views(padded, ht, wt), q.shape[-2])
     weights = attention_weights(q, keys, scale, bias)
-    return weighted_sum(weights, values), padded, weights
+    return weighted_sum(weights, values), weights
 
 
 class _BottomUpCore(torch.autograd.Function):
@@ -207,8 +209,7 @@ class _BottomUpCore(torch.autograd.Function):
     def forward(ctx, q, children, kv_weight, bias, scale):
         device = q.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        kv = _at_least_float32(F.linear(children, kv_weight))
-        out, _, weights = _bottom_up(q, kv, bias, scale)
+        out, weights = _bottom_up(q, children, kv_weight, bias, scale)
         ctx.save_for_backward(q, children, kv_weight, weights)
         ctx.scale, ctx.bias_shape = scale, bias.shape
         return out
@@ -381,8 +382,7 @@ class BottomUpAttention(_InterLevelAttention):
         if _needs_backward(q, bottom, self.kv.weight, bias):
             out = _BottomUpCore.apply(q, bottom, self.kv.weight, bias, self.scale)
         else:
-            kv = _at_least_float32(F.linear(bottom, self.kv.weight))
-            out = _bottom_up(q, kv, bias, self.scale)[0]  # (B, Ht, Wt, h, d)
+            out = _bottom_up(q, bottom, self.kv.weight, bias, self.scale)[0]  # (B, Ht, Wt, h, d)
         if self.kv.bias is not None:
             out = out + self._heads(self.kv.bias[self.attn_dim :])
         return self.proj(out.flatten(-2).to(self.proj.weight.dtype))

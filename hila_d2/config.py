@@ -24,6 +24,7 @@ __all__ = [
     "add_datasets_config",
     "add_decode_head_config",
     "add_hatnet_config",
+    "add_timm_config",
     "add_hila_attention_config",
     "add_hila_config",
     "add_hmsa_config",
@@ -200,9 +201,28 @@ def add_hatnet_config(cfg: CN) -> CN:
     return _add_missing(cfg, "MODEL.HATNET", hatnet)
 
 
+def add_timm_config(cfg: CN) -> CN:
+    """``MODEL.TIMM``: any timm encoder with feature_info, MODEL.BACKBONE.NAME
+    "build_timm_backbone" or "build_timm_fpn_backbone" (hila_d2.modeling.backbone.timm_encoder)."""
+    timm = CN()
+    # The timm model name, e.g. "convnext_atto", "pvt_v2_b0", "swinv2_cr_tiny_ns_224".
+    timm.NAME = ""
+    # Outputs to return, named by stride: res1..res5 for strides 2..32, as the model has them.
+    timm.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Stochastic depth rate passed to timm.create_model; 0 keeps the model's default.
+    timm.DROP_PATH_RATE = 0.0
+    # 0 trains every stage; k >= 1 freezes the stem and the stages up to res<k> (detectron2's
+    # meaning: 1 the stem, 2 the stem and res2, ...).
+    timm.FREEZE_AT = 0
+    # More timm.create_model keyword arguments, e.g. {img_size: [512, 512]} for models with a
+    # fixed input size (Swin, MaxViT, EfficientFormerV2) or {dynamic_img_size: True} (Swin).
+    timm.KWARGS = CN(new_allowed=True)
+    return _add_missing(cfg, "MODEL.TIMM", timm)
+
+
 def add_hila_attention_config(cfg: CN) -> CN:
     """``MODEL.HILA``: hierarchical inter-level attention (``hila_d2.modeling.hila``), read by
-    the MiT, Swin and HAT-Net encoders."""
+    the MiT, Swin, HAT-Net and timm encoders."""
     hila = CN()
     # Upper stage (2..4) of each inter-level pair: [3] is the paper's S3 (stages 2 and 3),
     # [2, 3, 4] its S234. [] switches HILA off: the encoder is then exactly the plain encoder.
@@ -417,6 +437,7 @@ CONFIG_PARTS: Tuple[Callable[[CN], CN], ...] = (
     add_mit_config,
     add_swin_config,
     add_hatnet_config,
+    add_timm_config,
     add_hila_attention_config,
     add_decode_head_config,
     add_sliding_window_config,

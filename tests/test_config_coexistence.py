@@ -33,6 +33,7 @@ from hila_d2.config import (
     add_sliding_window_config,
     add_solver_config,
     add_swin_config,
+    add_timm_config,
     add_weights_config,
     hila_defaults,
 )
@@ -293,6 +294,7 @@ PART_KEYS = {
     add_mit_config: ("MODEL.MIT.",),
     add_swin_config: ("MODEL.HILA_D2_SWIN.",),
     add_hatnet_config: ("MODEL.HATNET.",),
+    add_timm_config: ("MODEL.TIMM.",),
     add_hila_attention_config: ("MODEL.HILA.",),
     add_decode_head_config: (
         "MODEL.SEM_SEG_HEAD.EMBED_DIM", "MODEL.SEM_SEG_HEAD.DROPOUT",

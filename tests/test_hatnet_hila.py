@@ -42,17 +42,18 @@ def test_forward_follows_the_mit_wiring(monkeypatch):
     x = torch.randn(2, 3, 100, 76)
     with torch.no_grad():
         outputs, plain_outputs = model(x), plain(x)
-        s1 = x
-        s1 = model.patch_embed(s1)
-        for block in model.blocks[0]:
+        # the same weights, through the plain model's modules (the HILA model's blocks carry
+        # the hooks that run its pairs)
+        s1 = plain.patch_embed(x)
+        for block in plain.blocks[0]:
             s1 = block(s1)
-        s2 = model.ds2(s1)
-        for block in model.blocks[1]:
+        s2 = plain.ds2(s1)
+        for block in plain.blocks[1]:
             s2 = block(s2)
-        blocks = [lambda t, b=b: nhwc(b(t.permute(0, 3, 1, 2))) for b in model.blocks[2]]
-        s3, res3 = model.hila["23"](nhwc(model.ds3(s2)), nhwc(s2), blocks)
-        s4 = model.ds4(s3.permute(0, 3, 1, 2))
-        for block in model.blocks[3]:
+        blocks = [lambda t, b=b: nhwc(b(t.permute(0, 3, 1, 2))) for b in plain.blocks[2]]
+        s3, res3 = model.hila["23"](nhwc(plain.ds3(s2)), nhwc(s2), blocks)
+        s4 = plain.ds4(s3.permute(0, 3, 1, 2))
+        for block in plain.blocks[3]:
             s4 = block(s4)
     torch.testing.assert_close(outputs["res2"], plain_outputs["res2"], rtol=0, atol=0)
     torch.testing.assert_close(outputs["res3"], res3.permute(0, 3, 1, 2), rtol=0, atol=0)

@@ -182,6 +182,8 @@ def test_train_net_trainer_warms_up_first(tmp_path):
     trainer = InMemoryTrainer(cfg)
     assert isinstance(trainer._hooks[0], HILAWarmup) and trainer._hooks[0].iters == 4
     pair = trainer.model.backbone.hila["23"]
-    pair.register_forward_pre_hook(lambda m, args: strengths.append(m.strength.item()))
+    trainer.model.backbone.register_forward_pre_hook(
+        lambda m, args: strengths.append(pair.strength.item())
+    )
     trainer.train()
     assert strengths == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, ("test", 1.0)]

@@ -4,8 +4,9 @@ lazyconfig_train_net.py on the built-in dataset.
 Each lazy config loads and instantiates; built from the same seed it gives the YAML twin's model
 (the same parameter names, shapes and values, hence the same count) and the same eval-mode
 outputs on a small image; its optimizer has the YAML recipe's parameter groups, its schedule the
-YAML schedule, its train/test mappers and loaders the YAML data settings. A slow test trains
-for a few iterations, evaluates, resumes and re-evaluates through the entry point."""
+YAML schedule, its train/test mappers and loaders the YAML data settings; one training step of a
+timm twin gives its YAML twin's loss and updated weights. A slow test trains for a few
+iterations, evaluates, resumes and re-evaluates through the entry point."""
 
 import dataclasses
 import json
@@ -17,10 +18,12 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.engine import SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
 from fvcore.common.param_scheduler import ParamScheduler
 from omegaconf import DictConfig, ListConfig
 
@@ -33,6 +36,8 @@ from project_config import REPO, load_config
 LAZY_ROOT = REPO / "configs" / "lazy"
 SEGFORMER = "configs/lazy/builtin/semantic-segmentation/segformer_mit_b0.py"
 HILA_S3 = "configs/lazy/builtin/semantic-segmentation/hila_mit_b0_s3.py"
+TIMM = "configs/lazy/builtin/semantic-segmentation/segformer_timm_convnext_atto.py"
+TIMM_HILA_S3 = "configs/lazy/builtin/semantic-segmentation/hila_segformer_timm_convnext_atto_s3.py"
 
 # lazy config -> its YAML twin
 TWINS = {
@@ -40,6 +45,8 @@ TWINS = {
     "configs/lazy/builtin/semantic-segmentation/hila_mit_b0_s3.py": (
         "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
     ),
+    TIMM: "configs/builtin/semantic-segmentation/segformer_timm_convnext_atto.yaml",
+    TIMM_HILA_S3: "configs/builtin/semantic-segmentation/hila_segformer_timm_convnext_atto_s3.yaml",
     "configs/lazy/ade20k/semantic-segmentation/swin/upernet_swin_t_160k.py": (
         "configs/ade20k/semantic-segmentation/swin/upernet_swin_t_160k.yaml"
     ),
@@ -60,6 +67,7 @@ TWINS = {
     ),
 }
 SWIN_TWINS = [lazy for lazy in TWINS if "swin" in lazy]
+TIMM_TWINS = [lazy for lazy in TWINS if "timm" in lazy]
 # the twins as parameters, the full-size Swin models marked slow (over ~5 s a test on 2 cores)
 TWINS_SWIN_SLOW = [
     pytest.param(lazy, marks=pytest.mark.slow) if lazy in SWIN_TWINS else lazy
@@ -72,8 +80,9 @@ CPU_OVERRIDES = {
 }
 # Small models for the output comparison, the same change through both key systems: MiT depths
 # 1/1/2/1 (HILA S3 then still runs one Top-Down step in stage 3). Swin has no depth key; the
-# Swin twins (UperNet and Mask R-CNN) run at full size, on the small IMAGE_HW input. Each entry:
-# (YAML "KEY VALUE" opts, lazy "key=value" overrides).
+# Swin twins (UperNet and Mask R-CNN) run at full size, on the small IMAGE_HW input, and so do the
+# timm ConvNeXt-Atto twins (3.7M parameters; MODEL.TIMM.KWARGS takes no new key from the command
+# line). Each entry: (YAML "KEY VALUE" opts, lazy "key=value" overrides).
 MIT_DEPTHS = "[1, 1, 2, 1]"
 SMALL = {
     lazy: (
@@ -85,7 +94,7 @@ SMALL = {
         ),
     )
     for lazy in TWINS
-    if lazy not in SWIN_TWINS
+    if lazy not in SWIN_TWINS + TIMM_TWINS
 }
 # COCO's 80 classes: a randomly initialised box predictor scores each class about 1/81, under the
 # 0.05 test threshold, which would leave no detection to compare; the output comparison lowers
@@ -216,7 +225,8 @@ def test_lazy_config_loads_and_instantiates(lazy, single_thread):
 @pytest.mark.parametrize("lazy", sorted(SMALL))
 def test_full_size_model_equals_the_yaml_twin(lazy, single_thread):
     """The configs as written: same parameter count, names, shapes and seeded values (the Swin
-    twins, UperNet and Mask R-CNN, are compared at full size by the output test below)."""
+    twins, UperNet and Mask R-CNN, and the timm twins are compared at full size by the output test
+    below)."""
     yaml_model, lazy_model = build_pair(lazy, small=False)
     assert parameter_count(lazy_model) == parameter_count(yaml_model)
     assert_same_weights(yaml_model, lazy_model)
@@ -324,6 +334,40 @@ def test_optimizer_and_schedule_follow_the_yaml_recipe(lazy, single_thread):
         assert lazy_schedule(where) == pytest.approx(
             yaml_schedule._multiplier(where), rel=1e-9
         ), iteration
+
+
+@pytest.mark.parametrize("lazy", TIMM_TWINS)
+def test_one_training_step_equals_the_yaml_twins(lazy, single_thread):
+    """One CPU training iteration of each twin (detectron2's SimpleTrainer, as
+    lazyconfig_train_net.py runs it, on one batch of 2 from the lazy config's training loader):
+    a finite loss, a gradient for every trainable parameter (DistributedDataParallel stops on a
+    parameter without one), changed weights, and the same loss and updated weights for both."""
+    yaml_model, lazy_model = build_pair(lazy)
+    cfg = load_lazy(lazy, ["dataloader.train.total_batch_size=2"])
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    yaml_optimizer = build_optimizer(load_config(TWINS[lazy]), yaml_model)
+    cfg.optimizer.params.model = lazy_model
+    lazy_optimizer = instantiate(cfg.optimizer)
+    before = {k: v.clone() for k, v in lazy_model.state_dict().items()}
+    losses = []
+    for model, optimizer in ((yaml_model, yaml_optimizer), (lazy_model, lazy_optimizer)):
+        model.train()
+        trainer = SimpleTrainer(model, [batch], optimizer)
+        torch.manual_seed(SEED)  # the head's dropout
+        with EventStorage(0) as storage:
+            trainer.iter = 0
+            trainer.run_step()
+        losses.append(storage.latest()["total_loss"][0])
+        no_grad = [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not no_grad, f"parameters without a gradient: {no_grad[:8]}"
+    assert math.isfinite(losses[1]) and losses[1] > 0
+    assert losses[1] == losses[0]
+    assert_same_weights(yaml_model, lazy_model)
+    changed = [k for k, v in lazy_model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("backbone.encoder.") for k in changed)
+    assert any(k.startswith("sem_seg_head.") for k in changed)
+    if "hila" in lazy:
+        assert any(k.startswith("backbone.hila.") for k in changed)
 
 
 def _plain(value):
@@ -501,3 +545,4 @@ def test_lazyconfig_train_net_warms_up_the_hila_pairs(train_net, tmp_path):
     refused = r"train.hila_warmup_iters must be an integer in \[0, train.max_iter = 3\), got 3"
     with pytest.raises(AssertionError, match=refused):
         train_net(HILA_S3, *overrides, "train.hila_warmup_iters=3", output_dir=tmp_path / "b")
+

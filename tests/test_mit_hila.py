@@ -79,8 +79,8 @@ def test_call_order_of_the_b2_s234_configuration():
     for tag, pair in mit.hila.items():
         names.update({pair.bottom_up: f"BU{tag}", pair.top_down: f"TD{tag}",
                       pair.bottom_block: f"PREV{tag}", pair.bottom_norm: f"PREVNORM{tag}"})
-    for module, name in names.items():
-        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    for module, name in names.items():  # before the HILA pairs' own hooks on the blocks
+        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name), prepend=True)
     with torch.no_grad():
         mit(torch.randn(1, 3, 64, 64))
     # the official prevnorm runs after the upper stage's norm; both are independent LayerNorms

@@ -28,8 +28,8 @@ def record_calls(swin: SwinTransformerBackbone) -> list:
         names.update({pair.bottom_up: f"BU{tag}", pair.top_down: f"TD{tag}",
                       pair.bottom_block: f"BSA{tag}", pair.bottom_norm: f"BNORM{tag}"})
     names[swin.norm3] = "norm3"
-    for module, name in names.items():
-        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    for module, name in names.items():  # before the HILA pairs' own hooks on the blocks
+        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name), prepend=True)
     return calls
 
 

@@ -14,6 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from ..modeling.backbone.timm_encoder import TimmBackbone
 from ..modeling.hila import init_bottom_blocks_from_lower_stage
 from .convert import detect_format
 from .core import PREDICTOR, state_dict_of
@@ -49,6 +50,19 @@ def _listing(title: str, items: Sequence[str]) -> List[str]:
     if len(items) > _SHOWN:
         lines.append(f"    ... and {len(items) - _SHOWN} more")
     return lines
+
+
+def _timm_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor]
+) -> Optional[Dict[str, torch.Tensor]]:
+    """``state`` under ``model``'s names when it is a timm checkpoint of the timm encoder of a
+    ``TimmBackbone`` in ``model`` (``TimmBackbone.timm_state_dict``); None otherwise."""
+    for name, module in model.named_modules():
+        if isinstance(module, TimmBackbone):
+            found = module.timm_state_dict(state)
+            if found is not None:
+                return {f"{name}.{key}": value for key, value in found.items()}
+    return None
 
 
 def _unbuilt_keys(model: nn.Module) -> Set[str]:
@@ -176,6 +190,10 @@ class ValidatingCheckpointer(DetectionCheckpointer):
         own = self.model.state_dict().keys()
         if any(key in own for key in state):
             return loaded  # detectron2 / hila_d2 layout: loads as before
+        timm_weights = _timm_weights(self.model, state)
+        if timm_weights is not None:
+            self.logger.info(f"Loading {filename!r} as timm weights of the model's timm encoder")
+            return {**loaded, "model": timm_weights}
         try:
             source_format = detect_format(state)
         except ValueError as error:

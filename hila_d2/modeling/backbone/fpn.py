@@ -12,12 +12,14 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from .hatnet import build_hatnet_backbone
 from .mit import build_mit_backbone
 from .swin import build_swin_backbone
+from .timm_encoder import build_timm_backbone
 
 __all__ = [
     "build_encoder_fpn",
     "build_hatnet_fpn_backbone",
     "build_mit_fpn_backbone",
     "build_swin_fpn_backbone",
+    "build_timm_fpn_backbone",
 ]
 
 
@@ -63,3 +65,10 @@ def build_hatnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     return build_encoder_fpn(
         cfg, build_hatnet_backbone(cfg, input_shape), "MODEL.HATNET.OUT_FEATURES"
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_timm_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """``MODEL.BACKBONE.NAME: build_timm_fpn_backbone``: FPN over a timm encoder
+    (``MODEL.TIMM.*``, HILA)."""
+    return build_encoder_fpn(cfg, build_timm_backbone(cfg, input_shape), "MODEL.TIMM.OUT_FEATURES")

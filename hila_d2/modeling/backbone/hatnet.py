@@ -30,8 +30,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from ..hila import HILAPairs, HILASettings, apply_channels_first
-from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from ..hila import BlockCall, HILAPairs, HILASettings, Layout, StageAccess
+from .pyramid import STAGE_NAMES, STAGE_STRIDES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = [
@@ -241,12 +241,18 @@ class HATNetBlock(nn.Module):
         return x + self.drop_path(self.conv(x))
 
 
+def _updated_channels_first(pairs: HILAPairs, stage: int, output: torch.Tensor) -> torch.Tensor:
+    """``pairs.updated`` for an NCHW stage output (B, C, H, W), contiguous."""
+    updated = pairs.updated(stage, output.permute(0, 2, 3, 1))
+    return updated.permute(0, 3, 1, 2).contiguous()
+
+
 class HATNetLowerBlock(HATNetBlock):
     """A HAT-Net block used as a HILA pair's extra lower-level block: ``forward(x (B, H, W, C),
     use_index)``; every use is the same block."""
 
     def forward(self, x: torch.Tensor, use_index: int) -> torch.Tensor:
-        return apply_channels_first(super().forward, x)
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class Downsample(nn.Module):
@@ -393,8 +399,14 @@ class HATNet(PyramidBackbone):
         for i in range(1, len(STAGE_NAMES)):
             self.add_module(f"ds{i + 1}", Downsample(dims[i - 1], dims[i]))
         self.apply(init_hatnet_weights)
-        self.hila = HILAPairs(hila, dims, self.blocks, self._build_lower_block, channels_first=True)
+        self.hila = HILAPairs(hila, dims, self.blocks, self._build_lower_block)
         self._keep_only(plan_encoder(depths, out_features, hila))
+        self.hila.hook(
+            [
+                StageAccess(stage[-1], Layout.NCHW, stage, BlockCall(Layout.NCHW), stride)
+                for stage, stride in zip(self.blocks, STAGE_STRIDES)
+            ]
+        )
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
@@ -454,16 +466,18 @@ class HATNet(PyramidBackbone):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
         self.check_images(x)
+        self.hila.start(x.shape[-2:])
         outputs: List[torch.Tensor] = []  # NCHW stage outputs
         tokens = self.patch_embed(x)  # (B, C1, ceil(H/4), ceil(W/4))
         for i, stage in enumerate(self.blocks):
             if i:
                 tokens = getattr(self, f"ds{i + 1}")(outputs[-1])
-            tokens = self.hila.run_stage(i + 1, stage, tokens, outputs)
+            for block in stage:  # the HILA pairs run through hooks on them
+                tokens = block(tokens)
             outputs.append(tokens)
         return {
-            name: out.contiguous()
-            for name, out in zip(STAGE_NAMES, outputs)
+            name: _updated_channels_first(self.hila, index + 1, out)
+            for index, (name, out) in enumerate(zip(STAGE_NAMES, outputs))
             if name in self._out_features
         }
 

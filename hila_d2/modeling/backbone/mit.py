@@ -24,9 +24,9 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from timm.models.pvt_v2 import Block, PyramidVisionTransformerV2
 from torch import nn
 
-from ..hila import HILAPairs, HILASettings
+from ..hila import BlockCall, HILAPairs, HILASettings, Layout, StageAccess
 from ..mix_ffn import MixFFN, use_channels_last_depthwise
-from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from .pyramid import STAGE_NAMES, STAGE_STRIDES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = ["MIT_VARIANTS", "MixVisionTransformer", "build_mit_backbone"]
@@ -128,6 +128,13 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
             partial(self._build_lower_block, hila=hila),
         )
         self._keep_only(plan_encoder(depths, out_features, hila))
+        blocks_call = BlockCall(Layout.TOKENS, "tuple")  # as _channels_last_block calls them
+        self.hila.hook(
+            [
+                StageAccess(stage.norm, Layout.NHWC, stage.blocks, blocks_call, stride)
+                for stage, stride in zip(self.stages, STAGE_STRIDES)
+            ]
+        )
         use_channels_last_depthwise(self)
 
     def _drop_unplanned(self, plan: EncoderPlan) -> None:
@@ -165,17 +172,18 @@ class MixVisionTransformer(PyramidVisionTransformerV2, PyramidBackbone):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
         self.check_images(x)
+        self.hila.start(x.shape[-2:])
         outputs = []  # channels-last (B, H, W, C) stage outputs
         tokens = self.patch_embed(x)  # (B, H/4, W/4, C1)
-        for index, stage in enumerate(self.stages):
+        for stage in self.stages:
             if stage.downsample is not None:
                 tokens = stage.downsample(outputs[-1].permute(0, 3, 1, 2).contiguous())
-            blocks = [partial(_channels_last_block, block) for block in stage.blocks]
-            tokens = self.hila.run_stage(index + 1, blocks, tokens, outputs)
+            for block in stage.blocks:  # the HILA pairs run through hooks on them
+                tokens = _channels_last_block(block, tokens)
             outputs.append(tokens if stage.norm is None else stage.norm(tokens))
         return {
-            name: out.permute(0, 3, 1, 2).contiguous()
-            for name, out in zip(STAGE_NAMES, outputs)
+            name: self.hila.updated(index + 1, out).permute(0, 3, 1, 2).contiguous()
+            for index, (name, out) in enumerate(zip(STAGE_NAMES, outputs))
             if name in self._out_features
         }
 

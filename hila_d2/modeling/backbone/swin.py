@@ -39,8 +39,8 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from ..hila import HILAPairs, HILASettings, init_hila_weights
-from .pyramid import STAGE_NAMES, PyramidBackbone, check_out_features, variant_spec
+from ..hila import BlockCall, HILAPairs, HILASettings, Layout, StageAccess, init_hila_weights
+from .pyramid import STAGE_NAMES, STAGE_STRIDES, PyramidBackbone, check_out_features, variant_spec
 from .stage_plan import EncoderPlan, plan_encoder
 
 __all__ = [
@@ -213,6 +213,13 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
         self._keep_only(
             plan_encoder(spec["depths"], out_features, hila, norm_every_step=hila.parity_mode)
         )
+        self.hila.hook(
+            [
+                StageAccess(stage.blocks[-1], Layout.NHWC, stage.blocks, BlockCall(Layout.NHWC),
+                            stride)
+                for stage, stride in zip(self.layers, STAGE_STRIDES)
+            ]
+        )  # fmt: skip
 
     def _drop_unplanned(self, plan: EncoderPlan) -> None:
         self.layers = self.layers[: plan.num_stages]
@@ -262,16 +269,19 @@ class SwinTransformerBackbone(SwinTransformer, PyramidBackbone):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> dict of NCHW stage outputs named in ``out_features``."""
         self.check_images(x)
-        stages = []  # per stage: NHWC tokens, raw or (below a pair) the pair's normed output
+        self.hila.start(x.shape[-2:])
+        stages = []  # per stage: NHWC tokens after its last block
         tokens = self.patch_embed(x)  # (B, ceil(H/4), ceil(W/4), C)
-        for i, stage in enumerate(self.layers):
+        for stage in self.layers:
             tokens = stage.downsample(tokens)  # patch merging (i > 0) of the raw lower tokens
-            tokens = self.hila.run_stage(i + 1, stage.blocks, tokens, stages)
+            for block in stage.blocks:  # the HILA pairs run through hooks on them
+                tokens = block(tokens)
             stages.append(tokens)
         outputs = {}
         for i, (name, tokens) in enumerate(zip(STAGE_NAMES, stages)):
             if name in self._out_features:
-                norm = getattr(self, f"norm{i}", None)  # None below a pair: already normed
+                tokens = self.hila.updated(i + 1, tokens)  # below a pair: the pair's, normed
+                norm = getattr(self, f"norm{i}", None)  # None below a pair
                 tokens = tokens if norm is None else norm(tokens)
                 outputs[name] = tokens.permute(0, 3, 1, 2).contiguous()
         return outputs

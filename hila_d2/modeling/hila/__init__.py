@@ -10,16 +10,22 @@ A module per concept, each depending only on those before it:
 * ``recompute``: activation checkpointing of the steps in training (selective for lower-level
   blocks that do not recompute their own activations, full with ``MODEL.HILA.CHECKPOINT``);
 * ``pair``: ``HILAPair``, the blocks of one stage pair running its schedule;
-* ``encoder``: ``HILAPairs``, HILA attached to an encoder (its pairs running its stages), and the
-  "no HILA pretraining" copy of a pair's lower-level block at checkpoint loading.
+* ``layouts``: the token layouts of encoder blocks (NCHW, NHWC, (B, N, C)) and their conversion
+  to HILA's channels-last tokens;
+* ``attach``: a pair run inside an encoder's own forward pass through hooks on its modules
+  (``StageAccess``: how a pair reaches a stage; ``BlockCall``: how a stage calls its blocks);
+* ``encoder``: ``HILAPairs``, an encoder's pairs hooked into its stages, and the "no HILA
+  pretraining" copy of a pair's lower-level block at checkpoint loading.
 
 Which stages and pairs an encoder builds for its OUT_FEATURES is planned once for every encoder
 in ``hila_d2.modeling.backbone.stage_plan``.
 """
 
+from .attach import BlockCall, StageAccess
 from .attention import BottomUpAttention, TopDownAttention, attention_weights
 from .blocks import BottomUpBlock, TopDownBlock, init_hila_weights
-from .encoder import HILAPairs, apply_channels_first, init_bottom_blocks_from_lower_stage
+from .encoder import HILAPairs, init_bottom_blocks_from_lower_stage
+from .layouts import Layout
 from .pair import HILAPair
 from .schedule import PairPlan, hila_schedule, plan_pair
 from .settings import HILASettings, pair_tag
@@ -38,6 +44,8 @@ __all__ = [
     "plan_pair",
     "HILAPair",
     "HILAPairs",
-    "apply_channels_first",
+    "BlockCall",
+    "Layout",
+    "StageAccess",
     "init_bottom_blocks_from_lower_stage",
 ]

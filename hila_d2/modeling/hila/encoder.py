@@ -1,39 +1,32 @@
-"""HILA attached to a hierarchical encoder: ``HILAPairs``, the encoder's pairs, which runs its
-stages, and the "no HILA pretraining" step of checkpoint loading
+"""HILA attached to a hierarchical encoder: ``HILAPairs``, the encoder's pairs, hooked into its
+stages (``attach``), and the "no HILA pretraining" step of checkpoint loading
 (``init_bottom_blocks_from_lower_stage``)."""
 import logging
-from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .attach import BlockCall, HookedPair, StageAccess
 from .pair import HILAPair
 from .settings import HILASettings, pair_tag
 
-__all__ = ["HILAPairs", "apply_channels_first", "init_bottom_blocks_from_lower_stage"]
+__all__ = ["HILAPairs", "init_bottom_blocks_from_lower_stage"]
 
 logger = logging.getLogger(__name__)
 
-Block = Callable[[torch.Tensor], torch.Tensor]
-
-
-def apply_channels_first(function: Block, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW ``function`` to channels-last tokens (B, H, W, C) -> (B, H, W, C)."""
-    return function(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
 class HILAPairs(nn.ModuleDict):
     """An encoder's HILA pairs by ``pair_tag`` (its ``hila`` attribute: state-dict keys
-    ``hila.12.…``, ``hila.23.…``, ``hila.34.…``; empty with HILA off), and the stage loop.
+    ``hila.12.…``, ``hila.23.…``, ``hila.34.…``; empty with HILA off), attached to the
+    encoder's stages.
 
     Built from the settings ``hila`` (checked against ``len(dims)`` stages), the stage widths
     ``dims``, the encoder's ``stage_blocks`` (the blocks of each stage, in order) and
     ``lower_block(top)``, which builds the extra lower-level block of the pair whose upper stage
     is ``top`` (1-based), called as ``block(x (B, Hb, Wb, Cb), use_index)``. ``drop_paths[t - 1]``
     is the drop-path rate of the pair whose upper stage is t (default 0); ``norm_every_step`` as
-    in ``HILAPair``. ``channels_first``: the encoder's tokens and blocks are NCHW (the pairs
-    themselves work channels-last).
+    in ``HILAPair``. The encoder attaches the pairs to its stages with ``hook``, calls ``start``
+    at the beginning of its forward pass and reads each stage's output through ``updated``.
 
     With ``hila.init_bottom_from_lower_stage``, a pair's lower-level block starts as a copy of the
     lower stage's last block (``bottom_block_sources``) when a loaded checkpoint lacks it
@@ -49,7 +42,6 @@ class HILAPairs(nn.ModuleDict):
         *,
         drop_paths: Optional[Sequence[float]] = None,
         norm_every_step: bool = False,
-        channels_first: bool = False,
     ):
         hila.check(num_stages=len(dims))
         drop_paths = drop_paths or [0.0] * len(dims)
@@ -68,7 +60,7 @@ class HILAPairs(nn.ModuleDict):
                 for top in tops
             }
         )
-        self.channels_first = channels_first
+        self._hooked: Dict[int, HookedPair] = {}  # by lower stage, once ``hook`` attached them
         # a plain dict: the lower stages' blocks belong to the encoder, not to the pairs
         self._copy_sources: Dict[str, nn.Module] = (
             {pair_tag(top): stage_blocks[top - 2][-1] for top in tops}
@@ -91,34 +83,33 @@ class HILAPairs(nn.ModuleDict):
         for pair in self.values():
             pair.set_strength(strength)
 
-    def run_stage(
-        self,
-        top: int,
-        blocks: Sequence[Block],
-        tokens: torch.Tensor,
-        stage_outputs: List[torch.Tensor],
-    ) -> torch.Tensor:
-        """Run stage ``top`` (1-based) on its input ``tokens``: its ``blocks`` in turn or, when it
-        is the upper stage of a pair, the pair, which also replaces ``stage_outputs[-1]`` (the
-        lower stage's output, ``stage_outputs`` being those of the stages below) by its updated
-        lower tokens. Tokens and blocks are channels-last (B, H, W, C), or NCHW with
-        ``channels_first``. Returns the stage's tokens after its last block."""
-        tag = pair_tag(top)
-        if tag not in self:
-            for block in blocks:
-                tokens = block(tokens)
-            return tokens
-        pair = self[tag]
-        if not self.channels_first:
-            tokens, stage_outputs[-1] = pair(tokens, stage_outputs[-1], blocks)
-            return tokens
-        top_tokens, bottom = pair(
-            tokens.permute(0, 2, 3, 1),
-            stage_outputs[-1].permute(0, 2, 3, 1),
-            [partial(apply_channels_first, block) for block in blocks],
-        )
-        stage_outputs[-1] = bottom.permute(0, 3, 1, 2)
-        return top_tokens.permute(0, 3, 1, 2)
+    def hook(
+        self, stages: Sequence[StageAccess], lower_calls: Optional[Sequence[BlockCall]] = None
+    ) -> None:
+        """Attach every pair to the encoder's stages (``stages[i]``: stage i + 1), through hooks
+        (``HookedPair``), once the pairs are restricted to their plans. ``lower_calls[i]`` says
+        how to call the lower-level block of the pair whose lower stage is i + 1 when it is a
+        block of the encoder (None: it takes channels-last tokens and its use index)."""
+        self._hooked = {
+            int(tag[0]): HookedPair(
+                pair,
+                stages[int(tag[0]) - 1],
+                stages[int(tag[1]) - 1],
+                lower_calls[int(tag[0]) - 1] if lower_calls else None,
+            )
+            for tag, pair in self.items()
+        }
+
+    def start(self, image_size: Tuple[int, int]) -> None:
+        """Call at the start of the encoder's forward pass on images of ``image_size`` (H, W)."""
+        for hooked in self._hooked.values():
+            hooked.start(image_size)
+
+    def updated(self, stage: int, output: torch.Tensor) -> torch.Tensor:
+        """The output of ``stage`` (1-based) after the encoder's forward pass: the updated lower
+        tokens (B, H, W, C) of the pair above it, else ``output`` as it is."""
+        hooked = self._hooked.get(stage)
+        return output if hooked is None else hooked.result()
 
 
 def init_bottom_blocks_from_lower_stage(model: nn.Module, missing_keys: Sequence[str]) -> List[str]:

@@ -70,6 +70,9 @@ class HILAPair(nn.Module):
         self.top_down.apply(init_hila_weights)
         self.bottom_up.apply(init_hila_weights)
         self.bottom_block = bottom_block
+        # how to call bottom_block(x (B, Hb, Wb, Cb), use_index) when it is another encoder's block
+        # in its own layout (hila_d2.modeling.hila.attach); None: call it directly
+        self.bottom_block_call: Optional[Callable[..., torch.Tensor]] = None
         self.bottom_norm = nn.LayerNorm(bottom_dim, eps=LAYER_NORM_EPS)
         self.plan: Optional[PairPlan] = None  # None: every step of the schedule
         # a tensor, so that a changing strength neither recompiles nor syncs; not saved
@@ -139,23 +142,45 @@ class HILAPair(nn.Module):
         plan = self.plan or plan_pair(len(top_blocks), self.stride, self.norm_every_step)
         uses = 0
         for j in range(plan.steps):
-            if plan.bottom_up[j]:
-                top = self._scaled(top, self._run(self.bottom_up, top, bottom))
+            top = self.before_block(j, top, bottom, plan)
             if j < plan.blocks:
                 top = top_blocks[j](top)
-            if plan.top_down[j]:
-                updated = self._run(self.top_down, top, bottom)
-                updated = self._run(
-                    partial(self.bottom_block, use_index=uses), updated,
-                    recomputes=getattr(self.bottom_block, "recomputes_activations", False),
-                )  # fmt: skip
-                bottom = self._scaled(bottom, updated)
-                uses += 1
-            elif plan.step_norm[j]:
-                bottom = self.bottom_norm(bottom)
+            bottom, uses = self.after_block(j, top, bottom, uses, plan)
+        return top, self.finish(bottom, plan.steps, plan)
+
+    def before_block(self, j: int, top: torch.Tensor, bottom: torch.Tensor, plan: PairPlan):
+        """The upper tokens (B, Ht, Wt, Ct) entering upper block ``j``: Bottom-Up when ``plan``
+        schedules it there."""
+        if plan.bottom_up[j]:
+            top = self._scaled(top, self._run(self.bottom_up, top, bottom))
+        return top
+
+    def after_block(
+        self, j: int, top: torch.Tensor, bottom: torch.Tensor, uses: int, plan: PairPlan
+    ) -> Tuple[torch.Tensor, int]:
+        """(lower tokens (B, Hb, Wb, Cb), uses of the lower-level block so far) after upper block
+        ``j`` returned ``top``: Top-Down and the lower-level block, or a step norm, as ``plan``
+        schedules."""
+        if plan.top_down[j]:
+            updated = self._run(self.top_down, top, bottom)
+            block = self.bottom_block_call or self.bottom_block
+            updated = self._run(
+                partial(block, use_index=uses), updated,
+                recomputes=getattr(self.bottom_block, "recomputes_activations", False),
+            )  # fmt: skip
+            return self._scaled(bottom, updated), uses + 1
+        if plan.step_norm[j]:
+            bottom = self.bottom_norm(bottom)
+        return bottom, uses
+
+    def finish(self, bottom: torch.Tensor, done: int, plan: PairPlan) -> torch.Tensor:
+        """The lower tokens the pair returns, once the steps before ``done`` have run: the step
+        norms scheduled after blocks that do not run, and the final norm."""
+        for j in range(done, plan.steps):
+            bottom, _ = self.after_block(j, bottom, bottom, 0, plan)  # only step norms remain
         if plan.final_norm:
             bottom = self.bottom_norm(bottom)
-        return top, bottom
+        return bottom
 
     def _scaled(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """What a step makes of ``before`` (its result ``after``) at the pair's strength."""

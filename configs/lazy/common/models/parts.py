@@ -1,14 +1,16 @@
 """Pieces shared by the lazy model configs: the input normalisation, the head ``input_shape`` of
 an encoder's stages, and HILA settings with every field spelled out."""
 
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import torch
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES, STAGE_STRIDES
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
+from hila_d2.modeling.backbone.timm_encoder import TimmBackbone
 from hila_d2.modeling.hila import HILASettings
 
 # ImageNet mean/std in RGB order, 0-255 scale (MiT and Swin were pretrained on RGB images); the
@@ -71,3 +73,39 @@ def swin_encoder(**overrides):
         hila=hila_settings(),
     )
     return L(SwinTransformerBackbone)(**{**arguments, **overrides})
+
+
+def timm_encoder(name: str, **overrides):
+    """Lazy ``TimmBackbone`` over timm model ``name`` (e.g. "convnext_atto") returning res2..res5
+    without HILA, at the MODEL.TIMM defaults of hila_d2/config.py; ``overrides`` replace any
+    argument (``model_kwargs``: MODEL.TIMM.KWARGS)."""
+    arguments = dict(
+        name=name,
+        out_features=list(STAGE_NAMES),
+        drop_path_rate=0.0,  # 0: the model's default
+        freeze_at=0,
+        in_chans=3,
+        model_kwargs={},
+        hila=hila_settings(),
+    )
+    return L(TimmBackbone)(**{**arguments, **overrides})
+
+
+def timm_feature_shapes(
+    name: str,
+    names: Sequence[str] = STAGE_NAMES,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+):
+    """Lazy ``input_shape`` of the outputs ``names`` of timm model ``name`` (built with
+    ``model_kwargs``), for a head: ``TimmBackbone.output_shape()`` of that model, read off one
+    built on the meta device (no memory, no weights) when the config file loads."""
+    with torch.device("meta"):
+        shapes = TimmBackbone(
+            name=name, out_features=list(names), model_kwargs=dict(model_kwargs or {})
+        ).output_shape()
+    return L("builtins.dict")(
+        **{
+            feature: L(ShapeSpec)(channels=shapes[feature].channels, stride=shapes[feature].stride)
+            for feature in names
+        }
+    )

@@ -79,6 +79,14 @@ CASES: Dict[str, Case] = {
         "HAT-Net-T + S3", f"{BUILTIN}/semantic_fpn_hatnet_t.yaml",
         f"{BUILTIN}/hila_semantic_fpn_hatnet_t_s3.yaml", 1.25, True, 1.3,
     ),
+    "timm-convnext-atto-s3": Case(
+        "timm ConvNeXt-Atto + S3", f"{BUILTIN}/segformer_timm_convnext_atto.yaml",
+        f"{BUILTIN}/hila_segformer_timm_convnext_atto_s3.yaml", 1.25, True, 1.3,
+    ),
+    "timm-pvt-v2-b0-s3": Case(
+        "timm PVTv2-B0 + S3", f"{BUILTIN}/segformer_timm_pvt_v2_b0.yaml",
+        f"{BUILTIN}/hila_segformer_timm_pvt_v2_b0_s3.yaml", 1.25, True, 1.3,
+    ),
 }  # fmt: skip
 # the paper's trade: MiT-B1 + S3 against plain MiT-B2, timed in the MiT-B1 + S3 case
 B2_CONFIG = f"{ADE}/segformer_mit_b2_bs16_160k.yaml"
@@ -287,8 +295,9 @@ def notes(args, device: torch.device, b2_ratio: Optional[float]) -> List[str]:
         f"{args.size[0]}×{args.size[1]}; {args.repeats} interleaved rounds after {args.warmup} "
         "warm-up steps, medians.",
         "FLOP ratio: HILA / plain fvcore GFLOPs of the encoder. Latency target: the case's bound "
-        "(1.1 for MiT, 1.25 for Swin and HAT-Net) x FLOP ratio. Memory target: the FLOP ratio "
-        "(and 1.5 for S3). Training target: 1.15 (MiT) or 1.3 (Swin, HAT-Net) x FLOP ratio. "
+        "(1.1 for MiT, 1.25 for Swin, HAT-Net and timm encoders) x FLOP ratio. Memory target: "
+        "the FLOP ratio (and 1.5 for S3). Training target: 1.15 (MiT) or 1.3 (the others) x "
+        "FLOP ratio. "
         "Compiled HILA's ratios are over the compiled plain encoder.",
         "Training step: forward, backward of the sum of the outputs' means, SGD step, with the "
         "configs' drop path; peak: "

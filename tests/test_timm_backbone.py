@@ -22,6 +22,7 @@ FAMILIES = [
     ("convnext_atto", {}, True),
     ("pvt_v2_b0", {}, True),
     ("swinv2_cr_tiny_ns_224", {"img_size": (64, 96), "depths": (2, 2, 2, 2)}, True),
+    ("swinv2_tiny_window8_256", {"img_size": (64, 96), "depths": (2, 2, 2, 2)}, True),
     ("focalnet_tiny_srf", {}, True),
     ("efficientformerv2_s0", FIXED, True),
     ("mambaout_femto", {}, True),
@@ -135,6 +136,15 @@ def test_full_checkpointing_gives_the_same_gradients(name):
         grads.append({k: p.grad for k, p in backbone.named_parameters() if p.requires_grad})
     for key, grad in grads[0].items():
         torch.testing.assert_close(grads[1][key], grad, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_blocks_that_change_matmul_results_in_place_run_without_selective_checkpointing():
+    """timm's Swin V2 block adds its qkv bias and applies a ReLU in place on matmul results, which
+    selective checkpointing keeps: its copy runs without; ConvNeXt's keeps the policy."""
+    swin = TimmBackbone(name="swinv2_tiny_window8_256", model_kwargs=FAMILIES[3][1], hila=S3)
+    assert swin.hila["23"].bottom_block.selective_checkpointing is False
+    convnext = TimmBackbone(name="convnext_atto", hila=S3)
+    assert getattr(convnext.hila["23"].bottom_block, "selective_checkpointing", True)
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ class MiTLowerBlock(Block):
     use_index)``; every use is the same block. Its Mix-FFN is HILA's (``MixFFN``: the same
     parameters, and in training it keeps only its input for the backward pass)."""
 
-    recomputes_activations = True  # HILAPair runs it without activation checkpointing
+    selective_checkpointing = False  # it recomputes its activations itself (MixFFN)
 
     def __init__(self, *, dim: int, mlp_ratio: float, **kwargs):
         super().__init__(dim=dim, mlp_ratio=mlp_ratio, **kwargs)

@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import sys
+from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import timm
@@ -36,6 +37,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..hila import BlockCall, HILAPairs, HILASettings, Layout, StageAccess
+from ..hila.recompute import checkpointed_step
 from ..hila.layouts import layout_of
 from .pyramid import STAGE_NAMES
 from .stage_plan import plan_encoder
@@ -159,6 +161,7 @@ class TimmBackbone(Backbone):
         self._freeze(freeze_at)
         self.unbuilt_keys = tuple(sorted(keys_before - set(self.state_dict())))
         if not any(p.is_meta for p in self.parameters()):
+            self._check_selective_checkpointing()
             self._freeze_unused()
 
     # --- sizes --------------------------------------------------------------------------------
@@ -377,6 +380,30 @@ class TimmBackbone(Backbone):
                 parent, _, attr = name.rpartition(".")
                 owner = self.encoder.get_submodule(parent) if parent else self.encoder
                 setattr(owner, attr, freeze_batch_norm_2d(module))  # keeps BatchNormAct's act
+
+    def _check_selective_checkpointing(self) -> None:
+        """Run a lower-level block that cannot take selective activation checkpointing without
+        it: a block that changes a matmul's result in place (timm's Swin V2: an in-place ReLU,
+        ``qkv += bias``) breaks the policy's saved results. Found by one forward and backward
+        pass of each pair's block under the policy, on zeros."""
+        height, width = self._probe_size()
+        self.hila.start((height, width))
+        for tag, pair in self.hila.items():
+            if pair.bottom_block is None:
+                continue
+            stride = self._out_feature_strides[STAGE_NAMES[int(tag[0]) - 1]]
+            channels = self._out_feature_channels[STAGE_NAMES[int(tag[0]) - 1]]
+            x = torch.zeros(1, height // stride, width // stride, channels, requires_grad=True)
+            step = partial(pair.bottom_block_call, use_index=0)
+            try:
+                with torch.enable_grad():
+                    checkpointed_step(step, x, recompute_all=False).sum().backward()
+            except RuntimeError as error:
+                if "mutated" not in str(error):
+                    raise
+                pair.bottom_block.selective_checkpointing = False
+                logger.info("HILA pair %s: its lower-level block runs without selective "
+                            "checkpointing (%s)", tag, error)  # fmt: skip
 
     def _freeze_unused(self) -> None:
         """Freeze the trainable parameters that receive no gradient from the outputs (found by

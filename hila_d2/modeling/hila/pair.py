@@ -26,9 +26,10 @@ class HILAPair(nn.Module):
 
     In training, what each step keeps for the backward pass is chosen per module: the Top-Down
     and Bottom-Up blocks keep little by construction (their attention cores and Mix-FFNs
-    recompute the cheap rest themselves), as does a lower-level block that says so
-    (``recomputes_activations = True``, MiT's); any other lower-level block (Swin's, HAT-Net's)
-    runs under selective activation checkpointing (``recompute``). With ``checkpoint`` every
+    recompute the cheap rest themselves); a lower-level block runs under selective activation
+    checkpointing (``recompute``: Swin's, HAT-Net's, timm's) unless it says
+    ``selective_checkpointing = False`` (MiT's, which recomputes its activations itself, and timm
+    blocks that change a matmul's result in place). With ``checkpoint`` every
     step runs under full activation checkpointing (less memory, one more forward of the steps).
 
     ``set_strength(s)`` (the warmup of SOLVER.HILA_WARMUP_ITERS, ``hila_d2.hooks``) scales what
@@ -166,7 +167,7 @@ class HILAPair(nn.Module):
             block = self.bottom_block_call or self.bottom_block
             updated = self._run(
                 partial(block, use_index=uses), updated,
-                recomputes=getattr(self.bottom_block, "recomputes_activations", False),
+                selective=getattr(self.bottom_block, "selective_checkpointing", True),
             )  # fmt: skip
             return self._scaled(bottom, updated), uses + 1
         if plan.step_norm[j]:
@@ -189,11 +190,11 @@ class HILAPair(nn.Module):
         return (before + self.strength * (after - before)).to(after.dtype)
 
     def _run(
-        self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor, recomputes: bool = True
+        self, step: Callable[..., torch.Tensor], *inputs: torch.Tensor, selective: bool = False
     ) -> torch.Tensor:
         """``step(*inputs)``; in training fully checkpointed with ``checkpoint``, else
-        selectively checkpointed unless the step ``recomputes`` its cheap activations itself."""
-        if not (self.training and torch.is_grad_enabled()) or (recomputes and not self.checkpoint):
+        selectively checkpointed with ``selective``, else as it is."""
+        if not (self.training and torch.is_grad_enabled()) or not (selective or self.checkpoint):
             return step(*inputs)
         return checkpointed_step(step, *inputs, recompute_all=self.checkpoint)
 

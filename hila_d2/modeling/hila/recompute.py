@@ -2,8 +2,8 @@
 
 Selective: a step keeps only the results of its matmuls, attention kernels and dense convolutions
 for the backward pass and recomputes the cheap rest there (``_KEPT_RESULTS``), so that its memory
-follows its compute. ``HILAPair`` runs a lower-level block this way unless the block recomputes
-its activations itself (MiT's); the Top-Down and Bottom-Up blocks never need it (their attention
+follows its compute. ``HILAPair`` runs a lower-level block this way unless the block says
+``selective_checkpointing = False`` (MiT's recomputes its activations itself); the Top-Down and Bottom-Up blocks never need it (their attention
 cores and Mix-FFNs keep little by construction), which spares them the policy's per-operation
 dispatch. Full (``MODEL.HILA.CHECKPOINT``): every step keeps nothing but its inputs. The random
 state of drop path is replayed in the recomputation.

@@ -22,7 +22,7 @@ FAMILIES = [
     ("convnext_atto", {}, True),
     ("pvt_v2_b0", {}, True),
     ("swinv2_cr_tiny_ns_224", {"img_size": (64, 96), "depths": (2, 2, 2, 2)}, True),
-    ("swinv2_tiny_window8_256", {"img_size": (64, 96), "depths": (2, 2, 2, 2)}, True),
+    ("swinv2_tiny_window8_256", {"img_size": (128, 128), "depths": (2, 2, 2, 2)}, True),
     ("focalnet_tiny_srf", {}, True),
     ("efficientformerv2_s0", FIXED, True),
     ("mambaout_femto", {}, True),

@@ -203,7 +203,7 @@ def add_hatnet_config(cfg: CN) -> CN:
 
 def add_timm_config(cfg: CN) -> CN:
     """``MODEL.TIMM``: any timm encoder with feature_info, MODEL.BACKBONE.NAME
-    "build_timm_backbone" or "build_timm_fpn_backbone" (hila_d2.modeling.backbone.timm_encoder)."""
+    "build_timm_backbone" or "build_timm_fpn_backbone" (hila_d2.modeling.backbone.timm)."""
     timm = CN()
     # The timm model name, e.g. "convnext_atto", "pvt_v2_b0", "swinv2_cr_tiny_ns_224".
     timm.NAME = ""

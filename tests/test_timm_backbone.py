@@ -12,7 +12,7 @@ import test_hila_formulation as formulation_tests
 import test_hub_weights as hub_tests
 from hila_d2.checkpoint.loading import ValidatingCheckpointer
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
-from hila_d2.modeling.backbone.timm_encoder import TimmBackbone, TimmEncoderError
+from hila_d2.modeling.backbone.timm import TimmBackbone, TimmEncoderError
 from hila_d2.modeling.hila import HILASettings
 
 IMAGE = (1, 3, 61, 93)  # odd: every family pads it internally

@@ -21,7 +21,7 @@ from detectron2.utils.events import EventStorage
 from test_detectron2_projects import COMMON, PROJECTS, panoptic_sample
 
 import hila_d2
-from hila_d2.modeling.backbone.timm_encoder import TimmBackbone, TimmEncoderError
+from hila_d2.modeling.backbone.timm import TimmBackbone, TimmEncoderError
 from project_config import default_config, load_config
 
 MASK_RCNN = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"

@@ -14,7 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..modeling.backbone.timm_encoder import TimmBackbone
+from ..modeling.backbone.timm import TimmBackbone
 from ..modeling.hila import init_bottom_blocks_from_lower_stage
 from .convert import detect_format
 from .core import PREDICTOR, state_dict_of

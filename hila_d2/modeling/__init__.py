@@ -8,7 +8,7 @@ from .backbone.fpn import (
 from .backbone.hatnet import HATNet, build_hatnet_backbone
 from .backbone.mit import MixVisionTransformer, build_mit_backbone
 from .backbone.swin import SwinTransformerBackbone, build_swin_backbone
-from .backbone.timm_encoder import TimmBackbone, build_timm_backbone
+from .backbone.timm import TimmBackbone, build_timm_backbone
 from .heads.scale_attention import ScaleAttentionHead
 from .heads.segformer_head import SegFormerHead
 from .heads.upernet_head import UPerNetHead

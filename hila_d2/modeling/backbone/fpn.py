@@ -12,7 +12,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from .hatnet import build_hatnet_backbone
 from .mit import build_mit_backbone
 from .swin import build_swin_backbone
-from .timm_encoder import build_timm_backbone
+from .timm import build_timm_backbone
 
 __all__ = [
     "build_encoder_fpn",

@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from hila_d2.modeling.backbone.mit import MixVisionTransformer
 from hila_d2.modeling.backbone.pyramid import STAGE_NAMES, STAGE_STRIDES
 from hila_d2.modeling.backbone.swin import SwinTransformerBackbone
-from hila_d2.modeling.backbone.timm_encoder import TimmBackbone
+from hila_d2.modeling.backbone.timm import TimmBackbone
 from hila_d2.modeling.hila import HILASettings
 
 # ImageNet mean/std in RGB order, 0-255 scale (MiT and Swin were pretrained on RGB images); the

@@ -1,6 +1,6 @@
 """SegFormer over any timm encoder: the model of segformer_mit.py (detectron2's SemanticSegmentor
 and the All-MLP decode head, the values of Base-SegFormer.yaml) with the MiT replaced by
-``TimmBackbone`` (hila_d2/modeling/backbone/timm_encoder.py) at the MODEL.TIMM defaults, over
+``TimmBackbone`` (hila_d2/modeling/backbone/timm/) at the MODEL.TIMM defaults, over
 timm's convnext_atto, HILA off.
 
 YAML key -> lazy key (MODEL.SEM_SEG_HEAD.* and MODEL.PIXEL_* as in segformer_mit.py):

@@ -13,6 +13,8 @@ ablate = load_script("tools/ablate.py")
 PLAIN = "configs/builtin/semantic-segmentation/segformer_mit_b0.yaml"
 HILA = "configs/builtin/semantic-segmentation/hila_mit_b0_s3.yaml"
 HILA_S23 = ["MODEL.HILA.STAGES=[2,3]"]
+MASK_RCNN = "configs/builtin/instance-segmentation/mask_rcnn_mit_b0.yaml"
+HILA_MASK_RCNN = "configs/builtin/instance-segmentation/hila_mask_rcnn_mit_b0_s3.yaml"
 
 
 def plan(output_dir: Path, *variants, seeds=(1, 2, 3), opts=()):
@@ -112,7 +114,33 @@ def test_bad_variants_and_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="must be unique"):
         plan(tmp_path, ("a", PLAIN), ("a", HILA))
     with pytest.raises(ValueError, match="same one dataset"):
-        plan(tmp_path, ("a", PLAIN), opts=("DATASETS.TEST", "('a', 'b')"))
+        plan(tmp_path, ("a", PLAIN), opts=("DATASETS.TEST", "('hila_shapes_val_sem_seg', 'b')"))
+    with pytest.raises(ValueError, match="evaluator_type 'coco_panoptic_seg'"):
+        plan(tmp_path, ("a", PLAIN), opts=("DATASETS.TEST", "('hila_shapes_val_panoptic',)"))
+    with pytest.raises(ValueError, match="scored alike"):
+        plan(tmp_path, ("a", MASK_RCNN), ("b", MASK_RCNN, "MODEL.MASK_ON=False"))
+
+
+def test_detectors_are_compared_by_mask_and_box_ap(tmp_path, capsys):
+    """A COCO test dataset scores runs by mask AP and box AP (records, table, notes)."""
+    runs = plan(tmp_path, ("plain", MASK_RCNN), ("hila", HILA_MASK_RCNN), seeds=(1, 2))
+    assert {run.scores for run in runs} == {(("mask AP", "segm/AP"), ("box AP", "bbox/AP"))}
+    launcher = CountingLauncher()
+    for run in runs:
+        run.output_dir.mkdir(parents=True)
+        launcher(run, False, print)
+        record = run.new_record()
+        scores = ablate.final_scores(run.output_dir, run.scores)
+        record.update(finished=True, params=6_000_000, **scores)
+        run.write_record(record)
+    ablate.main([
+        "--output-dir", str(tmp_path), "--seeds", "1", "2", "--table-only",
+        "--variant", "plain", MASK_RCNN, "--variant", "hila", HILA_MASK_RCNN,
+    ])  # fmt: skip
+    output = capsys.readouterr().out
+    assert "| Variant | Seeds done | mask AP | box AP | Δ mask AP |" in output
+    assert table_rows(output)["hila"][:4] == ["2/2", "30.00 ± 0.00", "50.00 ± 0.00", "+0.00"]
+    assert "Mask AP and box AP (COCO AP@[.5:.95]) in percent on hila_shapes_val" in output
 
 
 class CountingLauncher:
@@ -124,7 +152,8 @@ class CountingLauncher:
 
     def __call__(self, run, resume, progress):
         self.launches.append((run.name, resume))
-        metrics = {ablate.MIOU_KEY: 30.0, ablate.MBF_KEY: 50.0, "iteration": 500}
+        (_, miou_key), (_, mbf_key) = run.scores
+        metrics = {miou_key: 30.0, mbf_key: 50.0, "iteration": 500}
         (run.output_dir / "metrics.json").write_text(json.dumps(metrics) + "\n")
 
 

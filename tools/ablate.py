@@ -11,12 +11,13 @@
 
 Each (variant, seed) run is ``train_net.py --num-gpus 1`` in ``<output-dir>/<variant>/seed<k>``
 with the variant's config file, then the ``KEY VALUE`` options after ``--``, then the variant's
-``KEY=VALUE`` overrides, then SOLVER.MAX_ITER, STEPS, WARMUP_ITERS, HILA_WARMUP_ITERS and CHECKPOINT_PERIOD times
-``--schedule-scale``, then ``SEED k`` and ``TEST.BOUNDARY_FSCORE.ENABLED True``. The run
-directory gets ``ablation_run.json``: the final mIoU and boundary F-score (mBF) of the
-config's one test dataset, the wall time of its train_net.py processes, the parameters of the
-built model, the iterations, the config file, options and resolved config, and whether it
-finished.
+``KEY=VALUE`` overrides, then SOLVER.MAX_ITER, STEPS, WARMUP_ITERS, HILA_WARMUP_ITERS and
+CHECKPOINT_PERIOD times ``--schedule-scale``, then ``SEED k`` and
+``TEST.BOUNDARY_FSCORE.ENABLED True``. The run directory gets ``ablation_run.json``: the two
+final scores of the config's one test dataset (by its ``evaluator_type``: mIoU and boundary
+F-score (mBF) for ``sem_seg``; mask and box AP for ``coco`` with masks, box AP and AP50
+without), the wall time of its train_net.py processes, the parameters of the built model, the
+iterations, the config file, options and resolved config, and whether it finished.
 
 Rerunning the same command skips the finished runs, resumes an interrupted one from its last
 checkpoint (``train_net.py --resume``) and refuses a run directory whose recorded config (the
@@ -43,16 +44,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import hila_d2
+from hila_d2.data import register_datasets_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repository's benchmarks/ (not installed with hila_d2)
 from benchmarks.profiling import markdown_table  # noqa: E402
 
 RECORD_FILE = "ablation_run.json"
-MIOU_KEY, MBF_KEY = "sem_seg/mIoU", "boundary_fscore/mBF"  # metrics.json of one test dataset
+# The two scores compared, by the test dataset's evaluator_type: (name in records and tables,
+# key in train_net.py's metrics.json)
+Score = Tuple[str, str]
+SEM_SEG_SCORES: Tuple[Score, Score] = (("mIoU", "sem_seg/mIoU"), ("mBF", "boundary_fscore/mBF"))
+MASK_SCORES: Tuple[Score, Score] = (("mask AP", "segm/AP"), ("box AP", "bbox/AP"))
+BOX_SCORES: Tuple[Score, Score] = (("box AP", "bbox/AP"), ("box AP50", "bbox/AP50"))
 # of cfg.SOLVER
 SCHEDULE_KEYS = ("MAX_ITER", "STEPS", "WARMUP_ITERS", "HILA_WARMUP_ITERS", "CHECKPOINT_PERIOD")
 TOOL_KEYS = ("SEED", "OUTPUT_DIR", "TEST.BOUNDARY_FSCORE.ENABLED")  # set per run by this tool
@@ -161,6 +169,7 @@ class Run:
     output_dir: Path
     opts: List[str]
     cfg: CfgNode
+    scores: Tuple[Score, Score]
 
     @property
     def name(self) -> str:
@@ -187,8 +196,7 @@ class Run:
             "iterations": self.cfg.SOLVER.MAX_ITER,
             "finished": False,
             "train_seconds": 0.0,
-            "mIoU": None,
-            "mBF": None,
+            **{name: None for name, _ in self.scores},
             "params": None,
         }
 
@@ -257,11 +265,12 @@ def plan_runs(
         variant_opts = [*opts, *variant.overrides]
         unscaled = hila_d2.load_config(config_file, variant_opts)
         variant_opts += scaled_schedule(unscaled, schedule_scale)
+        scores = scores_of(unscaled)
         for seed in seeds:
             run_opts = [*variant_opts, "SEED", str(seed), "TEST.BOUNDARY_FSCORE.ENABLED", "True"]
             run_dir = output_dir / variant.name / f"seed{seed}"
             cfg = hila_d2.load_config(config_file, [*run_opts, "OUTPUT_DIR", str(run_dir)])
-            runs.append(Run(variant, seed, run_dir, run_opts, cfg))
+            runs.append(Run(variant, seed, run_dir, run_opts, cfg, scores))
         hila_d2.validate_config(runs[-1].cfg)  # the seeds' configs differ in no model key
     datasets = {run.cfg.DATASETS.TEST for run in runs}
     if len(datasets) != 1 or len(next(iter(datasets))) != 1:
@@ -269,23 +278,47 @@ def plan_runs(
             "The variants must test on the same one dataset, got DATASETS.TEST "
             f"{sorted(datasets)}; pass e.g. DATASETS.TEST \"('hila_shapes_val_sem_seg',)\" after --"
         )
+    if len({run.scores for run in runs}) != 1:
+        raise ValueError(
+            "The variants must be scored alike: some detectors have masks (MODEL.MASK_ON), some "
+            "not; compare them by box AP with MODEL.MASK_ON False after --"
+        )
     return runs
 
 
-def final_metrics(output_dir: Path) -> Tuple[float, float]:
-    """(mIoU, mBF) of the last evaluation in ``output_dir``'s metrics.json."""
+def scores_of(cfg: CfgNode) -> Tuple[Score, Score]:
+    """The two scores of ``cfg``'s first test dataset, by its ``evaluator_type`` (datasets the
+    config registers itself, DATASETS.SEM_SEG_FOLDERS / COCO_JSONS, registered here first)."""
+    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    if dataset is not None and dataset not in DatasetCatalog:
+        register_datasets_from_config(cfg, check_label_values=False)
+    evaluator = MetadataCatalog.get(dataset).get("evaluator_type", None) if dataset else None
+    if evaluator == "sem_seg":
+        return SEM_SEG_SCORES
+    if evaluator == "coco":
+        return MASK_SCORES if cfg.MODEL.MASK_ON else BOX_SCORES
+    raise ValueError(
+        f"ablate.py scores a test dataset whose evaluator_type is 'sem_seg' or 'coco'; "
+        f"DATASETS.TEST {tuple(cfg.DATASETS.TEST)} starts with one of evaluator_type "
+        f"{evaluator!r}: pass another after --, e.g. DATASETS.TEST \"('hila_shapes_val',)\""
+    )
+
+
+def final_scores(output_dir: Path, scores: Sequence[Score]) -> Dict[str, float]:
+    """``{name: value}`` of ``scores`` at the last evaluation in ``output_dir``'s metrics.json."""
     metrics = {}
     path = output_dir / "metrics.json"
+    keys = [key for _, key in scores]
     for line in path.read_text().splitlines() if path.exists() else []:
         record = json.loads(line)
-        metrics.update({key: record[key] for key in (MIOU_KEY, MBF_KEY) if key in record})
-    missing = [key for key in (MIOU_KEY, MBF_KEY) if key not in metrics]
+        metrics.update({key: record[key] for key in keys if key in record})
+    missing = [key for key in keys if key not in metrics]
     if missing:
         raise RuntimeError(
-            f"{path} has no {missing}: ablate.py compares semantic segmentation models on a "
-            "dataset whose evaluator_type is 'sem_seg' (see train_net.py's build_evaluator)"
+            f"{path} has no {missing}: the run did not evaluate its test dataset (see "
+            "train_net.py's build_evaluator and its log.txt)"
         )
-    return metrics[MIOU_KEY], metrics[MBF_KEY]
+    return {name: metrics[key] for name, key in scores}
 
 
 def parameter_count(cfg: CfgNode) -> int:
@@ -363,26 +396,27 @@ def train_all(runs: Sequence[Run]) -> None:
             run.write_record(record)
         if run.variant.name not in parameters:
             parameters[run.variant.name] = parameter_count(run.cfg)
-        miou, mbf = final_metrics(run.output_dir)
-        record.update(finished=True, mIoU=miou, mBF=mbf, params=parameters[run.variant.name])
+        values = final_scores(run.output_dir, run.scores)
+        record.update(finished=True, **values, params=parameters[run.variant.name])
         run.write_record(record)
         finished_seconds.append(record["train_seconds"])
         remaining = len(pending) - index
         eta = duration(statistics.mean(finished_seconds) * remaining)
         report(
-            f"{prefix}: finished in {duration(record['train_seconds'])}, mIoU {miou:.2f}, "
-            f"mBF {mbf:.2f}; {remaining} runs left, ETA {eta}"
+            f"{prefix}: finished in {duration(record['train_seconds'])}, "
+            + ", ".join(f"{name} {value:.2f}" for name, value in values.items())
+            + f"; {remaining} runs left, ETA {eta}"
         )
 
 
 @dataclass
 class VariantResults:
-    """The finished seeds of one variant: mIoU, mBF and train_net.py seconds per seed."""
+    """The finished seeds of one variant: its two scores and train_net.py seconds per seed."""
 
     name: str
     seeds_requested: int
-    miou: List[float]
-    mbf: List[float]
+    first: List[float]
+    second: List[float]
     seconds: List[float]
     params: Optional[int]
 
@@ -399,8 +433,8 @@ def collect_results(runs: Sequence[Run]) -> List[VariantResults]:
         record = run.load_record()
         run.check_recorded_config(record)
         if record is not None and record["finished"]:
-            entry.miou.append(record["mIoU"])
-            entry.mbf.append(record["mBF"])
+            entry.first.append(record[run.scores[0][0]])
+            entry.second.append(record[run.scores[1][0]])
             entry.seconds.append(record["train_seconds"])
             entry.params = record["params"]
     return list(results.values())
@@ -426,8 +460,11 @@ def compare(
     return difference, abs(difference) > max(std, base_std)
 
 
-def ablation_table(results: Sequence[VariantResults], baseline: str) -> str:
-    """The Markdown table of ``results``, differences taken against the variant ``baseline``."""
+def ablation_table(
+    results: Sequence[VariantResults], baseline: str, scores: Sequence[Score]
+) -> str:
+    """The Markdown table of ``results`` (their two ``scores``), differences taken against the
+    variant ``baseline``."""
     base = next(entry for entry in results if entry.name == baseline)
 
     def mean_pm_std(values: Sequence[float]) -> str:
@@ -446,23 +483,29 @@ def ablation_table(results: Sequence[VariantResults], baseline: str) -> str:
         if entry is base:
             deltas = ["baseline", "", "baseline", ""]
         else:
-            deltas = [*comparison(entry.miou, base.miou), *comparison(entry.mbf, base.mbf)]
+            deltas = [*comparison(entry.first, base.first), *comparison(entry.second, base.second)]
         seconds = f"{statistics.mean(entry.seconds):.0f}" if entry.seconds else "n/a"
         params = "n/a" if entry.params is None else f"{entry.params / 1e6:.2f}"
         rows.append([
-            entry.name, f"{len(entry.miou)}/{entry.seeds_requested}",
-            mean_pm_std(entry.miou), mean_pm_std(entry.mbf), *deltas, seconds, params,
+            entry.name, f"{len(entry.first)}/{entry.seeds_requested}",
+            mean_pm_std(entry.first), mean_pm_std(entry.second), *deltas, seconds, params,
         ])  # fmt: skip
+    (first, _), (second, _) = scores
     header = [
-        "Variant", "Seeds done", "mIoU", "mBF", "Δ mIoU", "Δ mIoU > spread", "Δ mBF",
-        "Δ mBF > spread", "Train time (s)", "Params (M)",
+        "Variant", "Seeds done", first, second, f"Δ {first}", f"Δ {first} > spread",
+        f"Δ {second}", f"Δ {second} > spread", "Train time (s)", "Params (M)",
     ]  # fmt: skip
     return markdown_table(header, rows)
 
 
-def table_notes(dataset: str, baseline: str) -> str:
+def table_notes(dataset: str, baseline: str, scores: Sequence[Score]) -> str:
+    names = {
+        SEM_SEG_SCORES: "mIoU and boundary F-score (mBF)",
+        MASK_SCORES: "Mask AP and box AP (COCO AP@[.5:.95])",
+        BOX_SCORES: "Box AP (COCO AP@[.5:.95]) and box AP50",
+    }[tuple(scores)]
     return (
-        f"mIoU and boundary F-score (mBF) in percent on {dataset}: mean ± sample std over the "
+        f"{names} in percent on {dataset}: mean ± sample std over the "
         f"finished seeds. Δ: difference of means vs the baseline {baseline}. > spread: |Δ| "
         "exceeds the larger of the two variants' sample stds (a screen, not a significance "
         "test; n/a below 2 seeds each). Train time: mean wall time of train_net.py per run."
@@ -504,9 +547,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     runs = plan_runs(variants, args.seeds, args.opts, args.schedule_scale, output_dir)
     if not args.table_only:
         train_all(runs)
-    print(ablation_table(collect_results(runs), baseline))
+    scores = runs[0].scores
+    print(ablation_table(collect_results(runs), baseline, scores))
     print()
-    print(table_notes(runs[0].cfg.DATASETS.TEST[0], baseline))
+    print(table_notes(runs[0].cfg.DATASETS.TEST[0], baseline, scores))
 
 
 if __name__ == "__main__":

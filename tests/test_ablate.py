@@ -143,6 +143,24 @@ def test_detectors_are_compared_by_mask_and_box_ap(tmp_path, capsys):
     assert "Mask AP and box AP (COCO AP@[.5:.95]) in percent on hila_shapes_val" in output
 
 
+def test_datasets_a_config_defines_are_scored_without_reading_them(tmp_path):
+    """DATASETS.SEM_SEG_FOLDERS / COCO_JSONS test datasets (whose folders need not exist yet,
+    e.g. before the built-in dataset is generated) are scored by their kind."""
+    folders = [
+        "DATASETS.SEM_SEG_FOLDERS.SPLITS", f"(('mine_val', '{tmp_path}/i', '{tmp_path}/l'),)",
+        "DATASETS.SEM_SEG_FOLDERS.CLASSES", "('a', 'b', 'c', 'd', 'e', 'f', 'g')",
+        "DATASETS.TEST", "('mine_val',)",
+    ]  # fmt: skip
+    (run,) = plan(tmp_path, ("plain", PLAIN), seeds=(1,), opts=folders)
+    assert run.scores == ablate.SEM_SEG_SCORES
+    coco = [
+        "DATASETS.COCO_JSONS.SPLITS", f"(('mine_coco_val', '{tmp_path}/a.json', '{tmp_path}'),)",
+        "DATASETS.TEST", "('mine_coco_val',)",
+    ]  # fmt: skip
+    (run,) = plan(tmp_path, ("plain", MASK_RCNN), seeds=(1,), opts=coco)
+    assert run.scores == ablate.MASK_SCORES
+
+
 class CountingLauncher:
     """Stands in for train_net.py: records (run, resume) and writes the metrics of a finished
     evaluation."""
@@ -239,30 +257,67 @@ B1_LEVERS = [  # HILA S3 with one lever each, and S234
     ("mit_b1_s3_warmup100", HILA, *B1, "SOLVER.HILA_WARMUP_ITERS=100"),
     ("mit_b1_s234", HILA, *B1, "MODEL.HILA.STAGES=[2,3,4]"),
 ]
+SEM_SEG_CONFIGS = "configs/builtin/semantic-segmentation/"
+TIMM_WARMUP = "SOLVER.HILA_WARMUP_ITERS=100"
+THREE_SEEDS = (1, 2, 3)
+# the paper's protocol: step 1's model (the path the records were trained with), fine-tuned
+PRETRAINED = (
+    "MODEL.WEIGHTS=output/ablation/protocol/pretrain_mit_b0_things_textures/seed1/model_final.pth"
+)
+NO_HILA_PRETRAINING = "MODEL.HILA.INIT_BOTTOM_FROM_LOWER_STAGE=True"
 # The measured ablations whose records results/ablation/ keeps: (directory, schedule scale,
-# variants), as the tables of docs/HILA.md give them.
+# seeds, variants, the first the baseline), as the tables of docs/HILA.md give them.
 RECORDED_ABLATIONS = [
-    ("b1_1x", 1.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), *B1_LEVERS]),
-    ("b0_4x", 4.0, [("mit_b0", PLAIN), ("mit_b0_s3", HILA)]),
-    ("b1_4x", 4.0, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), B1_LEVERS[2]]),
-]
+    ("b1_1x", 1.0, THREE_SEEDS, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), *B1_LEVERS]),
+    ("b1_1x", 1.0, THREE_SEEDS, [
+        ("mit_b2", PLAIN, "MODEL.MIT.VARIANT=B2"), *B1_LEVERS[2:], ("mit_b1", PLAIN, *B1),
+    ]),
+    ("b0_4x", 4.0, THREE_SEEDS, [("mit_b0", PLAIN), ("mit_b0_s3", HILA)]),
+    ("b1_4x", 4.0, THREE_SEEDS, [("mit_b1", PLAIN, *B1), ("mit_b1_s3", HILA, *B1), B1_LEVERS[2]]),
+    ("timm_1x", 1.0, THREE_SEEDS, [
+        ("convnext_atto", SEM_SEG_CONFIGS + "segformer_timm_convnext_atto.yaml"),
+        ("convnext_atto_s3_warmup100",
+         SEM_SEG_CONFIGS + "hila_segformer_timm_convnext_atto_s3.yaml", TIMM_WARMUP),
+    ]),
+    ("protocol", 1.0, (1,), [
+        ("pretrain_mit_b0_things_textures",
+         SEM_SEG_CONFIGS + "segformer_mit_b0_things_textures.yaml"),
+    ]),
+    ("protocol", 1.0, THREE_SEEDS, [
+        ("finetuned_mit_b0", PLAIN, PRETRAINED),
+        ("finetuned_mit_b0_s3", HILA, PRETRAINED, NO_HILA_PRETRAINING),
+        ("finetuned_mit_b0_s3_warmup100", HILA, PRETRAINED, NO_HILA_PRETRAINING,
+         "SOLVER.HILA_WARMUP_ITERS=100"),
+    ]),
+    ("mask_rcnn_2x", 2.0, THREE_SEEDS, [
+        ("mask_rcnn_mit_b0", MASK_RCNN), ("mask_rcnn_mit_b0_s3", HILA_MASK_RCNN),
+    ]),
+    ("timm_1x", 1.0, THREE_SEEDS, [
+        ("pvt_v2_b0", SEM_SEG_CONFIGS + "segformer_timm_pvt_v2_b0.yaml"),
+        ("pvt_v2_b0_s3_warmup100",
+         SEM_SEG_CONFIGS + "hila_segformer_timm_pvt_v2_b0_s3.yaml", TIMM_WARMUP),
+    ]),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "directory,scale,variants", RECORDED_ABLATIONS, ids=[a[0] for a in RECORDED_ABLATIONS]
+    "directory,scale,seeds,variants",
+    RECORDED_ABLATIONS,
+    ids=[f"{a[0]}-{a[3][0][0]}" for a in RECORDED_ABLATIONS],
 )
-def test_docs_tables_are_those_of_the_recorded_runs(directory, scale, variants, capsys):
+def test_docs_tables_are_those_of_the_recorded_runs(directory, scale, seeds, variants, capsys):
     """Each ablation table of docs/HILA.md is what ``--table-only`` prints from the committed
     records (the train-time column aside, which a docs table may leave out), and the records
     are of the configs the built-in recipe resolves to today."""
-    argv = ["--table-only", "--seeds", "1", "2", "3", "--schedule-scale", str(scale)]
+    argv = ["--table-only", "--seeds", *map(str, seeds), "--schedule-scale", str(scale)]
     argv += ["--output-dir", str(REPO / "results" / "ablation" / directory)]
     for words in variants:
         argv += ["--variant", *words]
     ablate.main(argv)
     rows = table_rows(capsys.readouterr().out)
+    done = f"{len(seeds)}/{len(seeds)}"
     assert {name: cells[0] for name, cells in rows.items()} == {
-        words[0]: "3/3" for words in variants
+        words[0]: done for words in variants
     }
     docs = (REPO / "docs" / "HILA.md").read_text()
     for name, cells in rows.items():

@@ -44,11 +44,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import hila_d2
-from hila_d2.data import register_datasets_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repository's benchmarks/ (not installed with hila_d2)
@@ -287,12 +286,16 @@ def plan_runs(
 
 
 def scores_of(cfg: CfgNode) -> Tuple[Score, Score]:
-    """The two scores of ``cfg``'s first test dataset, by its ``evaluator_type`` (datasets the
-    config registers itself, DATASETS.SEM_SEG_FOLDERS / COCO_JSONS, registered here first)."""
+    """The two scores of ``cfg``'s first test dataset, by its ``evaluator_type``: ``sem_seg``
+    and ``coco`` for the datasets the config defines itself (DATASETS.SEM_SEG_FOLDERS /
+    COCO_JSONS: no data is read), the registered metadata's for the others."""
     dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
-    if dataset is not None and dataset not in DatasetCatalog:
-        register_datasets_from_config(cfg, check_label_values=False)
-    evaluator = MetadataCatalog.get(dataset).get("evaluator_type", None) if dataset else None
+    defined = {split[0]: "sem_seg" for split in cfg.DATASETS.SEM_SEG_FOLDERS.SPLITS}
+    defined.update({split[0]: "coco" for split in cfg.DATASETS.COCO_JSONS.SPLITS})
+    if dataset in defined:
+        evaluator = defined[dataset]
+    else:
+        evaluator = MetadataCatalog.get(dataset).get("evaluator_type", None) if dataset else None
     if evaluator == "sem_seg":
         return SEM_SEG_SCORES
     if evaluator == "coco":

@@ -19,7 +19,7 @@ checked on CPU, fp32, batch 1. On CUDA the same table uses synchronized timings 
 import contextlib
 import platform
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import build_backbone
@@ -38,7 +38,7 @@ from .profiling import (
 )
 from .configs import benchmark_config
 
-__all__ = ["CASES", "run"]
+__all__ = ["CASES", "DEFAULT_CASES", "run"]
 
 ADE = "ade20k/semantic-segmentation"
 BUILTIN = "builtin/semantic-segmentation"
@@ -46,9 +46,10 @@ BUILTIN = "builtin/semantic-segmentation"
 
 @dataclass(frozen=True)
 class Case:
-    """A HILA encoder and its plain encoder (configs under configs/), with the targets:
-    inference latency ratio <= ``latency_bound`` x FLOP ratio, training-step ratio <=
-    ``train_bound`` x FLOP ratio; ``s3``: memory ratio <= 1.5 too."""
+    """A HILA encoder and its plain encoder (configs under configs/, then the ``KEY VALUE``
+    pairs ``opts`` for both), with the targets: inference latency ratio <= ``latency_bound`` x
+    FLOP ratio, training-step ratio <= ``train_bound`` x FLOP ratio; ``s3``: memory ratio <= 1.5
+    too."""
 
     name: str
     plain: str
@@ -56,6 +57,17 @@ class Case:
     latency_bound: float
     s3: bool
     train_bound: float
+    opts: Tuple[str, ...] = ()
+
+
+def timm_s3_case(name: str, timm_name: str) -> Case:
+    """timm's ``timm_name`` plain and + HILA S3, in the built-in ConvNeXt-Atto configs (with
+    Swin's targets)."""
+    return Case(
+        f"timm {name} + S3", f"{BUILTIN}/segformer_timm_convnext_atto.yaml",
+        f"{BUILTIN}/hila_segformer_timm_convnext_atto_s3.yaml", 1.25, True, 1.3,
+        ("MODEL.TIMM.NAME", timm_name),
+    )  # fmt: skip
 
 
 CASES: Dict[str, Case] = {
@@ -88,6 +100,21 @@ CASES: Dict[str, Case] = {
         f"{BUILTIN}/hila_segformer_timm_pvt_v2_b0_s3.yaml", 1.25, True, 1.3,
     ),
 }  # fmt: skip
+# the headline cases, which `hila-cost` runs unless --cases names others
+DEFAULT_CASES = tuple(CASES)
+# one small model of each other timm family that takes HILA (docs/TIMM.md)
+CASES.update({
+    "timm-mambaout-femto-s3": timm_s3_case("MambaOut-Femto", "mambaout_femto"),
+    "timm-edgenext-xx-small-s3": timm_s3_case("EdgeNeXt-XXS", "edgenext_xx_small"),
+    "timm-inception-next-atto-s3": timm_s3_case("InceptionNeXt-Atto", "inception_next_atto"),
+    "timm-fastvit-t8-s3": timm_s3_case("FastViT-T8", "fastvit_t8"),
+    "timm-repvit-m0-9-s3": timm_s3_case("RepViT-M0.9", "repvit_m0_9"),
+    "timm-tiny-vit-5m-s3": timm_s3_case("TinyViT-5M", "tiny_vit_5m_224"),
+    "timm-poolformerv2-s12-s3": timm_s3_case("PoolFormerV2-S12", "poolformerv2_s12"),
+    "timm-focalnet-tiny-srf-s3": timm_s3_case("FocalNet-T (SRF)", "focalnet_tiny_srf"),
+    "timm-davit-tiny-s3": timm_s3_case("DaViT-T", "davit_tiny"),
+    "timm-caformer-s18-s3": timm_s3_case("CAFormer-S18", "caformer_s18"),
+})  # fmt: skip
 # the paper's trade: MiT-B1 + S3 against plain MiT-B2, timed in the MiT-B1 + S3 case
 B2_CONFIG = f"{ADE}/segformer_mit_b2_bs16_160k.yaml"
 B2_CASE, B2_BOUND = "mit-b1-s3", 0.8
@@ -155,15 +182,15 @@ def case_variants(key: str, args) -> List[Variant]:
     """plain, HILA, HILA with the reference formulation, HILA with activation checkpointing,
     and with ``--compile`` both compiled; plain MiT-B2 in its case."""
     case = CASES[key]
-    plain = build_encoder(case.plain, args.device)
-    hila = build_encoder(case.hila, args.device)
+    plain = build_encoder(case.plain, args.device, case.opts)
+    hila = build_encoder(case.hila, args.device, case.opts)
     variants = [
         Variant("plain", plain, _plain_run),
         Variant("HILA", hila, _plain_run),
         Variant("HILA, reference formulation", hila, reference_formulation),
         Variant(
             "HILA, MODEL.HILA.CHECKPOINT",
-            build_encoder(case.hila, args.device, ["MODEL.HILA.CHECKPOINT", "True"]),
+            build_encoder(case.hila, args.device, [*case.opts, "MODEL.HILA.CHECKPOINT", "True"]),
             _plain_run,
             eager=False,
             inference=False,

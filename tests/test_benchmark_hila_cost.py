@@ -1,6 +1,9 @@
-"""tools/benchmark.py hila-cost on a small setting: MiT-B1 + S3 (and plain B2) at 64x64."""
+"""tools/benchmark.py hila-cost on a small setting: MiT-B1 + S3 (and plain B2) at 64x64; the
+extra timm family cases build."""
 import pytest
 
+from benchmarks import hila_cost
+from hila_d2.modeling.hila import HILAPair
 from project_config import load_script
 
 
@@ -50,3 +53,17 @@ def test_mit_b1_s3_table(capsys):
     assert 0 < float(checkpointed[8]) <= float(reference[8])  # never more than storing everything
     assert "MiT-B1 + S3 latency / plain MiT-B2 latency" in output
     assert "#### MiT-B1 + S3, HILA, training step: extra over plain" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(set(hila_cost.CASES) - set(hila_cost.DEFAULT_CASES)))
+def test_timm_family_case_builds_its_pair(key):
+    """Each extra timm case builds its model plain and with one HILA pair (a renamed timm
+    model or a config it no longer fits fails here, not in a 15-minute benchmark)."""
+    case = hila_cost.CASES[key]
+    plain = hila_cost.build_encoder(case.plain, "cpu", case.opts)
+    hila = hila_cost.build_encoder(case.hila, "cpu", case.opts)
+    for encoder in (plain, hila):
+        assert encoder.encoder.pretrained_cfg["architecture"] == case.opts[1]
+    assert sum(isinstance(m, HILAPair) for m in hila.modules()) == 1
+    assert not any(isinstance(m, HILAPair) for m in plain.modules())

@@ -103,7 +103,8 @@ def add_hila_cost(commands) -> None:
                                  description=hila_cost.__doc__.split("\n\n")[0])  # fmt: skip
     add_common_flags(parser, size=(512, 512), batch=1, warmup=2, repeats=7, threads=2)
     parser.add_argument(
-        "--cases", nargs="+", choices=sorted(hila_cost.CASES), default=list(hila_cost.CASES)
+        "--cases", nargs="+", choices=sorted(hila_cost.CASES),
+        default=list(hila_cost.DEFAULT_CASES),
     )
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
     parser.add_argument(

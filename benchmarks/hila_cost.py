@@ -61,8 +61,8 @@ class Case:
 
 
 def timm_s3_case(name: str, timm_name: str) -> Case:
-    """timm's ``timm_name`` plain and + HILA S3, in the built-in ConvNeXt-Atto configs (with
-    Swin's targets)."""
+    """timm's ``timm_name`` plain and + HILA S3, in the built-in ConvNeXt-Atto configs with
+    ``MODEL.TIMM.NAME`` set (with Swin's targets)."""
     return Case(
         f"timm {name} + S3", f"{BUILTIN}/segformer_timm_convnext_atto.yaml",
         f"{BUILTIN}/hila_segformer_timm_convnext_atto_s3.yaml", 1.25, True, 1.3,
@@ -91,10 +91,7 @@ CASES: Dict[str, Case] = {
         "HAT-Net-T + S3", f"{BUILTIN}/semantic_fpn_hatnet_t.yaml",
         f"{BUILTIN}/hila_semantic_fpn_hatnet_t_s3.yaml", 1.25, True, 1.3,
     ),
-    "timm-convnext-atto-s3": Case(
-        "timm ConvNeXt-Atto + S3", f"{BUILTIN}/segformer_timm_convnext_atto.yaml",
-        f"{BUILTIN}/hila_segformer_timm_convnext_atto_s3.yaml", 1.25, True, 1.3,
-    ),
+    "timm-convnext-atto-s3": timm_s3_case("ConvNeXt-Atto", "convnext_atto"),
     "timm-pvt-v2-b0-s3": Case(
         "timm PVTv2-B0 + S3", f"{BUILTIN}/segformer_timm_pvt_v2_b0.yaml",
         f"{BUILTIN}/hila_segformer_timm_pvt_v2_b0_s3.yaml", 1.25, True, 1.3,

@@ -170,8 +170,8 @@ class CountingLauncher:
 
     def __call__(self, run, resume, progress):
         self.launches.append((run.name, resume))
-        (_, miou_key), (_, mbf_key) = run.scores
-        metrics = {miou_key: 30.0, mbf_key: 50.0, "iteration": 500}
+        (_, first_key), (_, second_key) = run.scores
+        metrics = {first_key: 30.0, second_key: 50.0, "iteration": 500}
         (run.output_dir / "metrics.json").write_text(json.dumps(metrics) + "\n")
 
 
@@ -251,14 +251,14 @@ def test_rerun_trains_nothing_and_resumes_a_run_from_its_checkpoint(tmp_path, ca
 
 
 B1 = ["MODEL.MIT.VARIANT=B1"]
+WARMUP100 = "SOLVER.HILA_WARMUP_ITERS=100"
 B1_LEVERS = [  # HILA S3 with one lever each, and S234
     ("mit_b1_s3_info1", HILA, *B1, "MODEL.HILA.INFO_WEIGHTS=[1.0,1.0]"),
     ("mit_b1_s3_clean", HILA, *B1, "MODEL.HILA.PARITY_MODE=False"),
-    ("mit_b1_s3_warmup100", HILA, *B1, "SOLVER.HILA_WARMUP_ITERS=100"),
+    ("mit_b1_s3_warmup100", HILA, *B1, WARMUP100),
     ("mit_b1_s234", HILA, *B1, "MODEL.HILA.STAGES=[2,3,4]"),
 ]
 SEM_SEG_CONFIGS = "configs/builtin/semantic-segmentation/"
-TIMM_WARMUP = "SOLVER.HILA_WARMUP_ITERS=100"
 THREE_SEEDS = (1, 2, 3)
 # the paper's protocol: step 1's model (the path the records were trained with), fine-tuned
 PRETRAINED = (
@@ -277,7 +277,7 @@ RECORDED_ABLATIONS = [
     ("timm_1x", 1.0, THREE_SEEDS, [
         ("convnext_atto", SEM_SEG_CONFIGS + "segformer_timm_convnext_atto.yaml"),
         ("convnext_atto_s3_warmup100",
-         SEM_SEG_CONFIGS + "hila_segformer_timm_convnext_atto_s3.yaml", TIMM_WARMUP),
+         SEM_SEG_CONFIGS + "hila_segformer_timm_convnext_atto_s3.yaml", WARMUP100),
     ]),
     ("protocol", 1.0, (1,), [
         ("pretrain_mit_b0_things_textures",
@@ -286,8 +286,7 @@ RECORDED_ABLATIONS = [
     ("protocol", 1.0, THREE_SEEDS, [
         ("finetuned_mit_b0", PLAIN, PRETRAINED),
         ("finetuned_mit_b0_s3", HILA, PRETRAINED, NO_HILA_PRETRAINING),
-        ("finetuned_mit_b0_s3_warmup100", HILA, PRETRAINED, NO_HILA_PRETRAINING,
-         "SOLVER.HILA_WARMUP_ITERS=100"),
+        ("finetuned_mit_b0_s3_warmup100", HILA, PRETRAINED, NO_HILA_PRETRAINING, WARMUP100),
     ]),
     ("mask_rcnn_2x", 2.0, THREE_SEEDS, [
         ("mask_rcnn_mit_b0", MASK_RCNN), ("mask_rcnn_mit_b0_s3", HILA_MASK_RCNN),
@@ -295,7 +294,7 @@ RECORDED_ABLATIONS = [
     ("timm_1x", 1.0, THREE_SEEDS, [
         ("pvt_v2_b0", SEM_SEG_CONFIGS + "segformer_timm_pvt_v2_b0.yaml"),
         ("pvt_v2_b0_s3_warmup100",
-         SEM_SEG_CONFIGS + "hila_segformer_timm_pvt_v2_b0_s3.yaml", TIMM_WARMUP),
+         SEM_SEG_CONFIGS + "hila_segformer_timm_pvt_v2_b0_s3.yaml", WARMUP100),
     ]),
 ]  # fmt: skip
 

@@ -195,8 +195,8 @@ def case_variants(key: str, args) -> List[Variant]:
     ]
     if args.compile:
         variants += [
-            Variant(f"{v.label}, torch.compile", torch.compile(v.module), _plain_run,
-                    eager=False)
+            Variant(f"{v.label}, torch.compile", torch.compile(v.module, dynamic=False),
+                    _plain_run, eager=False)
             for v in variants[:2]
         ]  # fmt: skip
     if key == B2_CASE:

@@ -252,12 +252,12 @@ class _BottomUpCore(torch.autograd.Function):
             grad_q = weighted_sum(grad_logits, keys) * ctx.scale
             if torch.compiler.is_compiling():  # see the top
                 grads = _candidate_gradients(grad_logits, weights, scaled_q, grad_out)
-                # patch position p = 4a + b lies at padded row 2(i + (a + 1) // 2) + (a + 1) % 2
+                # patch position p = 4a + b lies at padded row 2(i + (a + 1) // 2) + (a + 1) % 2:
+                # sub-position row s holds the offsets a = 1 - s, 3 - s
                 grad_padded = interleave_sub_positions([
                     _shifted_sum([(grads[PATCH * a + b], (a + 1) // 2, (b + 1) // 2)
-                                  for a in range(PATCH) for b in range(PATCH)
-                                  if ((a + 1) % 2, (b + 1) % 2) == sub_position])
-                    for sub_position in SUB_POSITIONS
+                                  for a in range(1 - s, PATCH, 2) for b in range(1 - t, PATCH, 2)])
+                    for s, t in SUB_POSITIONS
                 ])  # fmt: skip
             else:
                 grad_padded = torch.zeros_like(padded)
